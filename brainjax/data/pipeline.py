@@ -1,0 +1,260 @@
+"""Grain pipelines: stimulus-TR records -> fMRI windows in the common schema.
+
+Every example the pipeline yields follows the schema of DESIGN.md §5:
+
+  fmri      float32[window, voxels]   z-scored, hemodynamically shifted
+  frames    uint8[T, H, W, 3]         the frames shown during the stimulus TR
+  caption   str                       "A. Then B." when the TR spans a cut
+  subject   int32,  clip_id  int64,   repeat int32 (-1: repeats averaged)
+  labels    {category, colour, direction, speed, scene}: int32
+
+For stimulus TR t of a segment, `fmri[j]` is the volume at TR
+t + hrf_shift_trs + j (j < window), so the window starts `hrf_shift_trs` TRs
+after the stimulus to cover the hemodynamic delay; windows that would run past
+the end of the segment are not formed (the shift never borrows from the next
+segment). `temporal_average` > 1 averages that many consecutive TRs into each
+window element (the MinD-Vis lineage averages ~8 s for pretraining).
+
+Subjects with different voxel counts share a batch only when
+`voxel_padding='wrap'` pads every subject to one length (as MinD-Video did);
+otherwise the pipeline refuses to mix them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+
+from brainjax import config as cfg
+from brainjax.config import ConfigError
+
+LABEL_KEYS = ("category", "colour", "direction", "speed", "scene")
+SPLITS = ("train", "test", "rest")
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowSpec:
+  window: int = 2
+  hrf_shift_trs: int = 2
+  temporal_average: int = 1
+  stride: int = 1                 # step between window starts, in TRs
+  repeats: str = "average"        # 'average' | 'each'
+  voxel_padding: str = "none"     # 'none' | 'wrap'
+  num_voxels: int = 0             # padded length; 0 = max over subjects rounded up to pad_multiple
+  pad_multiple: int = 16          # MBM patch size: voxel vectors are wrap-padded to a multiple of it
+
+  @classmethod
+  def from_config(cls, data: ml_collections.ConfigDict) -> "WindowSpec":
+    return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+  @property
+  def span_trs(self) -> int:
+    """TRs a window covers after the shift."""
+    return self.window * self.temporal_average
+
+
+def load_builder(data: ml_collections.ConfigDict, *, prepare: bool = True):
+  """The TFDS builder named by `config.data`, generated on first use."""
+  if data.name != "synthetic":
+    raise ConfigError(f"config.data.name = {data.name!r}: only 'synthetic' is available in this version; the "
+                      "real-dataset builders (cc2017, HCP, BOLD Moments, HAD, CineBrain) are listed in README.md.")
+  from data_builders import synthetic as synthetic_builder
+  from brainjax.data import synthetic
+
+  data_dir = epath.Path(data.data_dir).expanduser() if data.data_dir else None
+  if data.builder_config in {c.name for c in synthetic_builder.Builder.BUILDER_CONFIGS} and not data.get("spec"):
+    config = data.builder_config
+  else:
+    spec = synthetic.SyntheticSpec(**_spec_kwargs(data.get("spec") or {}))
+    config = synthetic_builder.builder_config_for(spec)
+  builder = synthetic_builder.Builder(config=config, data_dir=str(data_dir) if data_dir else None,
+                                      file_format="array_record")
+  if prepare and not builder.is_prepared():
+    if jax.process_index() == 0:
+      logging.info("generating the synthetic benchmark into %s (first use; reused afterwards)", builder.data_dir)
+      builder.download_and_prepare()
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("brainjax_data_prepared")
+    builder = synthetic_builder.Builder(config=config, data_dir=str(data_dir) if data_dir else None,
+                                        file_format="array_record")
+  return builder
+
+
+def _spec_kwargs(spec: Any) -> dict:
+  spec = spec.to_dict() if isinstance(spec, ml_collections.ConfigDict) else dict(spec)
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
+
+
+class FmriWindowSource:
+  """Random-access source of windows (a Grain data source: `__len__`, `__getitem__`)."""
+
+  def __init__(self, records, metadata: dict, split: str, subjects: Sequence[int], spec: WindowSpec):
+    if split not in SPLITS:
+      raise ConfigError(f"split {split!r}: must be one of {SPLITS}.")
+    self._records = records
+    self._spec = spec
+    self._split = split
+    voxels = [s["num_voxels"] for s in metadata["subjects"]]
+    for s in subjects:
+      if not 0 <= s < len(voxels):
+        raise ConfigError(f"config.data.subjects contains {s}; this dataset has subjects 0..{len(voxels) - 1}.")
+    self.subjects = tuple(subjects)
+    self.num_voxels = self._target_voxels([voxels[s] for s in subjects])
+    lengths = metadata["segment_trs"][split]
+    self._index = self._build_index(lengths)
+    if len(self._index) == 0:
+      raise ConfigError(
+          f"no fMRI window fits in the {split} segments (lengths {sorted(set(lengths))} TRs): "
+          f"hrf_shift_trs ({spec.hrf_shift_trs}) + window ({spec.window}) x temporal_average "
+          f"({spec.temporal_average}) must not exceed a segment; reduce them.")
+
+  def _target_voxels(self, counts: list[int]) -> int:
+    spec = self._spec
+    if spec.voxel_padding == "none":
+      if len(set(counts)) > 1:
+        raise ConfigError(
+            f"subjects {list(self.subjects)} have different voxel counts {counts}; set "
+            "config.data.voxel_padding='wrap' to pad them to one length, or train one subject at a time.")
+      return counts[0]
+    target = spec.num_voxels or -(-max(counts) // spec.pad_multiple) * spec.pad_multiple
+    if target < max(counts):
+      raise ConfigError(f"config.data.num_voxels = {spec.num_voxels} is smaller than the largest subject "
+                        f"({max(counts)} voxels); raise it or set it to 0 (automatic).")
+    return target
+
+  def _build_index(self, lengths: Sequence[int]) -> np.ndarray:
+    """Rows (subject, first record of the stimulus TR, first fMRI record, repeat)."""
+    spec = self._spec
+    rows = []
+    offset = 0
+    shift = spec.hrf_shift_trs if self._split != "rest" else 0
+    for length in lengths:
+      for t in range(0, length - shift - spec.span_trs + 1, spec.stride):
+        rows.append((offset + t, offset + t + shift))
+      offset += length
+    self.num_records = offset
+    repeats = [-1] if spec.repeats == "average" else list(range(self._num_repeats()))
+    index = [(s, stim, first, r) for s in self.subjects for r in repeats for stim, first in rows]
+    return np.asarray(index, dtype=np.int64).reshape(-1, 4)
+
+  def _num_repeats(self) -> int:
+    return int(self._records[0]["fmri"][f"subject_{self.subjects[0]}"].shape[0])
+
+  def __len__(self) -> int:
+    return len(self._index)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    subject, stim, first, repeat = (int(v) for v in self._index[i])
+    spec = self._spec
+    key = f"subject_{subject}"
+    volumes = np.stack([self._records[first + k]["fmri"][key] for k in range(spec.span_trs)])  # [span, R, V]
+    volumes = volumes.mean(axis=1) if repeat < 0 else volumes[:, repeat]
+    fmri = volumes.reshape(spec.window, spec.temporal_average, -1).mean(axis=1)
+    if not np.all(np.isfinite(fmri)):
+      raise FloatingPointError(f"{self._split} record {first}: subject {subject} has NaN/Inf voxels; "
+                               "rebuild the dataset (the files may be corrupt).")
+    fmri = fit_voxels(fmri, self.num_voxels)
+    stim_record = self._records[stim]
+    return {
+        "fmri": fmri.astype(np.float32),
+        "frames": stim_record["frames"],
+        "caption": _text(stim_record["caption"]),
+        "subject": np.int32(subject),
+        "clip_id": np.int64(stim_record["clip_id"]),
+        "repeat": np.int32(repeat),
+        "labels": {k: np.int32(stim_record["labels"][k]) for k in LABEL_KEYS},
+    }
+
+
+def _text(value: Any) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def fit_voxels(fmri: np.ndarray, num_voxels: int) -> np.ndarray:
+  """Wrap-pads the last axis to `num_voxels` (repeating voxels from the start, as MinD-Vis does)."""
+  extra = num_voxels - fmri.shape[-1]
+  if extra < 0:
+    raise ValueError(f"{fmri.shape[-1]} voxels do not fit in {num_voxels}")
+  if extra == 0:
+    return fmri
+  return np.pad(fmri, [(0, 0)] * (fmri.ndim - 1) + [(0, extra)], mode="wrap")
+
+
+def make_source(data: ml_collections.ConfigDict, split: str, spec: WindowSpec | None = None) -> FmriWindowSource:
+  builder = load_builder(data)
+  records = builder.as_data_source(split=split)
+  metadata = dict(builder.info.metadata)
+  _check_record_order(records, metadata, split)
+  return FmriWindowSource(records, metadata, split, tuple(data.subjects), spec or WindowSpec.from_config(data))
+
+
+def _check_record_order(records, metadata: dict, split: str) -> None:
+  """The index math assumes generation order; verify it on segment borders."""
+  lengths = metadata["segment_trs"][split]
+  if len(records) != sum(lengths):
+    raise ValueError(f"the {split} split has {len(records)} records but its metadata lists {sum(lengths)}; "
+                     "the dataset files are incomplete or stale: delete them and let brainjax regenerate them.")
+  offset = 0
+  for segment, length in enumerate(lengths[:3]):
+    for t in (0, length - 1):
+      record = records[offset + t]
+      if (int(record["segment"]), int(record["tr"])) != (segment, t):
+        raise ValueError(f"the {split} split is not in (segment, TR) order at record {offset + t}; "
+                         "rebuild the dataset with this version of brainjax.")
+    offset += length
+
+
+def make_iterator(source, *, batch_size: int, seed: int, shuffle: bool = True, num_epochs: int | None = None,
+                  drop_remainder: bool = True, num_threads: int = 4, transform=None) -> grain.DatasetIterator:
+  """Shuffled, repeated, per-process-sharded, batched; its state is checkpointable.
+
+  `batch_size` is the global batch: each process reads `batch_size / process_count`
+  consecutive-in-order examples of its own shard. The order depends only on
+  `seed`, never on the number of threads or on when the run was interrupted.
+  """
+  if batch_size % jax.process_count():
+    raise ConfigError(f"batch size {batch_size} is not divisible by the {jax.process_count()} processes.")
+  ds = grain.MapDataset.source(source)
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.repeat(num_epochs)
+  ds = ds[jax.process_index()::jax.process_count()]
+  if transform is not None:
+    ds = ds.map(transform)
+  ds = ds.batch(batch_size // jax.process_count(), drop_remainder=drop_remainder)
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads))
+  return iter(it_ds)
+
+
+def data_config(**overrides: Any) -> ml_collections.ConfigDict:
+  """`config.data` defaults: the demo's synthetic benchmark, window 2 after a 4 s shift."""
+  base = dict(name="synthetic", builder_config="demo", data_dir="", spec=None, subjects=(0,),
+              **dataclasses.asdict(WindowSpec()))
+  base.update(overrides)
+  return ml_collections.ConfigDict(base)
+
+
+def validate_data(config: ml_collections.ConfigDict) -> None:
+  cfg.require_choice(config, "data.name", ("synthetic",))
+  cfg.require_positive_int(config, "data.window")
+  cfg.require_positive_int(config, "data.hrf_shift_trs", allow_zero=True)
+  cfg.require_positive_int(config, "data.temporal_average")
+  cfg.require_positive_int(config, "data.stride")
+  cfg.require_positive_int(config, "data.num_voxels", allow_zero=True)
+  cfg.require_positive_int(config, "data.pad_multiple")
+  cfg.require_choice(config, "data.repeats", ("average", "each"))
+  cfg.require_choice(config, "data.voxel_padding", ("none", "wrap"))
+  subjects = cfg.get_path(config, "data.subjects")
+  if not subjects or not all(isinstance(s, int) and s >= 0 for s in subjects):
+    raise ConfigError(f"config.data.subjects = {subjects!r}: must be a non-empty list of subject indices.")
+  if len(set(subjects)) != len(subjects):
+    raise ConfigError(f"config.data.subjects = {subjects!r} lists a subject twice.")

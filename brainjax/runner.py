@@ -1,0 +1,99 @@
+"""Runs a recipe: validate, build the mesh, run each stage once.
+
+Kept apart from `main.py` (flags only) so tests and notebooks call
+`run(config, workdir)` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import ml_collections
+from absl import logging
+from etils import epath
+
+from brainjax import config as cfg
+from brainjax import stages
+from brainjax.train import sharding as shd
+from brainjax.train.loop import Preempted  # re-exported for main.py
+
+__all__ = ["run", "validate", "Preempted"]
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the whole recipe before anything runs; errors name the field."""
+  if not config.get("stages"):
+    raise cfg.ConfigError("config.stages is empty; list the stages to run, e.g. ['mbm_pretrain'].")
+  seen = set()
+  for name in config.stages:
+    if name in seen:
+      raise cfg.ConfigError(f"config.stages lists {name!r} twice.")
+    seen.add(name)
+    stages.get_stage(name)  # unknown names fail here
+  cfg.require_positive_int(config, "seed", allow_zero=True)
+  shd.rules_from_config(cfg.get_path(config, "logical_axis_rules"))
+  shd.mesh_shape(cfg.get_path(config, "mesh").to_dict(), jax.device_count())
+  for name in config.stages:
+    stage = stages.get_stage(name)
+    if name not in config:
+      raise cfg.ConfigError(f"config.{name} is missing: stage {name!r} is listed in config.stages but the "
+                            "recipe has no settings for it.")
+    stage.validate(config)
+
+
+def _check_stage_config(stage_dir: epath.Path, fingerprint: str, name: str) -> None:
+  """Refuses to mix outputs made with different settings in one stage directory."""
+  path = stage_dir / "config.json"
+  if path.exists():
+    previous = path.read_text()
+    if previous != fingerprint:
+      old, new = json.loads(previous), json.loads(fingerprint)
+      changed = sorted(_diff(old, new))
+      raise cfg.ConfigError(
+          f"{stage_dir} was made with different settings for stage {name!r} (changed: {', '.join(changed)}). "
+          "Use a new --workdir, or delete that directory to redo the stage.")
+  else:
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+      path.write_text(fingerprint)
+
+
+def _diff(old, new, prefix="") -> set[str]:
+  if isinstance(old, dict) and isinstance(new, dict):
+    out = set()
+    for k in set(old) | set(new):
+      out |= _diff(old.get(k), new.get(k), f"{prefix}{k}.")
+    return out
+  return set() if old == new else {prefix.rstrip(".")}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
+  """Runs every stage of `config.stages` not yet finished in `workdir`."""
+  validate(config)
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  mesh = shd.make_mesh(config.mesh.to_dict())
+  logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  summaries = {}
+  for name in config.stages:
+    stage = stages.get_stage(name)
+    ctx = stages.StageContext(name=name, config=config, workdir=workdir, mesh=mesh)
+    done = ctx.stage_dir / "DONE.json"
+    _check_stage_config(ctx.stage_dir, cfg.subtree_json(config, stage.CONFIG_KEYS), name)
+    if done.exists():
+      logging.info("stage %s: already done (%s), skipping", name, done)
+      summaries[name] = json.loads(done.read_text())
+      continue
+    logging.info("stage %s: starting", name)
+    start = time.time()
+    summary = dict(stage.run(ctx))
+    summary["wall_time_s"] = round(time.time() - start, 1)
+    if jax.process_index() == 0:
+      done.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    logging.info("stage %s: done in %.1f s: %s", name, summary["wall_time_s"], summary)
+    summaries[name] = summary
+  return summaries

@@ -1,0 +1,56 @@
+"""Stages: the steps of a recipe, run in `config.stages` order.
+
+A stage is a module with
+
+  CONFIG_KEYS: tuple[str, ...]    config fields its outputs depend on
+  validate(config) -> None        raise ConfigError early
+  run(ctx: StageContext) -> dict  do the work, return a JSON-able summary
+
+Each stage reads what earlier stages wrote in the workdir and writes under
+`workdir/<stage>/`. A finished stage leaves `DONE.json` and is skipped on
+re-run; an interrupted one resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import types
+
+import ml_collections
+from etils import epath
+from jax.sharding import Mesh
+
+from brainjax.config import ConfigError
+
+# name -> module path. Imported lazily: a recipe pays only for the stages it runs.
+REGISTRY: dict[str, str] = {
+    "mbm_pretrain": "brainjax.stages.mbm_pretrain",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class StageContext:
+  name: str
+  config: ml_collections.ConfigDict
+  workdir: epath.Path
+  mesh: Mesh
+
+  @property
+  def stage_dir(self) -> epath.Path:
+    return self.workdir / self.name
+
+  def output_of(self, stage: str) -> epath.Path:
+    """Where an earlier stage wrote its outputs (error if it has not finished)."""
+    path = self.workdir / stage
+    if not (path / "DONE.json").exists():
+      raise FileNotFoundError(
+          f"stage {self.name!r} needs the outputs of stage {stage!r}, but {path}/DONE.json does not exist; "
+          f"add {stage!r} before {self.name!r} in config.stages or point --workdir at a run that has it.")
+    return path
+
+
+def get_stage(name: str) -> types.ModuleType:
+  if name not in REGISTRY:
+    raise ConfigError(f"config.stages: unknown stage {name!r}; known stages are {sorted(REGISTRY)}.")
+  return importlib.import_module(REGISTRY[name])

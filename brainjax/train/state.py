@@ -1,0 +1,116 @@
+"""Train state and the one jitted, sharded train step every stage uses.
+
+The state is a plain pytree (no functions inside), so it checkpoints as is and
+its sharding is derived from the models' logical axis names:
+
+  abstract init (eval_shape) -> logical partition specs -> mesh shardings
+  -> jit(init, out_shardings=...)
+
+so full-size parameters are never materialised on one device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax.sharding import Mesh, NamedSharding
+
+from brainjax.train import sharding as shd
+
+# loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))
+LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, tuple[dict, Any]]]
+
+
+class TrainState(struct.PyTreeNode):
+  step: jax.Array          # int32 scalar: optimizer steps taken
+  params: Any              # trainable and frozen parameters (unboxed)
+  opt_state: Any
+  model_state: Any         # non-gradient collections, e.g. BatchNorm statistics; {} if none
+  rng: jax.Array           # uint32[2]; the step's key is fold_in(rng, step), so resumes replay exactly
+
+
+def _split_variables(variables: Any) -> tuple[Any, Any]:
+  variables = dict(variables)
+  params = variables.pop("params")
+  return params, variables
+
+
+def create_train_state(
+    init_variables: Callable[[jax.Array], Any],
+    make_tx: Callable[[Any], optax.GradientTransformation],
+    rng: jax.Array,
+    mesh: Mesh,
+    rules: Sequence[tuple[str, Any]],
+) -> tuple[TrainState, TrainState, optax.GradientTransformation]:
+  """Builds the state directly in its sharded layout.
+
+  Args:
+    init_variables: rng -> flax variables ({'params': ..., other collections}),
+      possibly boxed with logical partitioning metadata.
+    make_tx: abstract params -> optimizer (needs paths for trainable masks).
+  Returns:
+    (state, state_shardings, tx).
+  """
+  init_rng, state_rng = jax.random.split(rng)
+  with nn.logical_axis_rules(rules):
+    abstract_boxed = jax.eval_shape(init_variables, init_rng)
+  logical_specs = nn.get_partition_spec(abstract_boxed)
+  var_shardings = nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+  abstract_vars = nn.meta.unbox(abstract_boxed)
+  abstract_params, _ = _split_variables(abstract_vars)
+  param_shardings, model_state_shardings = _split_variables(var_shardings)
+  tx = make_tx(abstract_params)
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  replicated = shd.replicated(mesh)
+  opt_shardings = optax.tree_map_params(
+      tx, lambda _, s: s, abstract_opt, param_shardings,
+      transform_non_params=lambda _: replicated,
+      is_leaf=lambda x: isinstance(x, NamedSharding))
+  state_shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
+                               model_state=model_state_shardings, rng=replicated)
+
+  def init(rng_init):
+    with nn.logical_axis_rules(rules):
+      variables = nn.meta.unbox(init_variables(rng_init))
+    params, model_state = _split_variables(variables)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      model_state=model_state, rng=state_rng)
+
+  state = jax.jit(init, out_shardings=state_shardings)(init_rng)
+  return state, state_shardings, tx
+
+
+def abstract_state(state_shardings: TrainState, state: TrainState) -> TrainState:
+  """ShapeDtypeStructs carrying the target shardings: what a restore fills in."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
+
+
+def make_train_step(
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    state_shardings: TrainState,
+    batch_shardings: Any,
+    mesh: Mesh,
+    rules: Sequence[tuple[str, Any]],
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """One jitted step: grads, update, metrics. The input state is donated."""
+
+  def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    rng = jax.random.fold_in(state.rng, state.step)
+    with nn.logical_axis_rules(rules):
+      (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state.params, state.model_state, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
+    return new_state, metrics
+
+  return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
+                 out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=0)

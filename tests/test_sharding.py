@@ -1,0 +1,88 @@
+"""The train step gives the same result on 1 device and on sharded 8-device meshes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from brainjax.config import ConfigError
+from brainjax.models import mbm
+from brainjax.train import sharding as shd
+from brainjax.train.optim import make_optimizer, optim_config
+from brainjax.train.state import create_train_state, make_train_step
+
+RULES = shd.DEFAULT_LOGICAL_AXIS_RULES
+
+
+def _model():
+  return mbm.MaskedBrainModel(num_voxels=256, patch_size=16, embed_dim=64, depth=2, num_heads=4,
+                              mlp_ratio=2.0, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4)
+
+
+def _run(mesh_config, devices, steps=3):
+  model = _model()
+  mesh = shd.make_mesh(mesh_config, devices)
+  x0 = jnp.zeros((1, 256))
+
+  def init_variables(rng):
+    return model.init({"params": rng}, x0, rng)
+
+  def loss_fn(params, model_state, batch, rng):
+    return model.apply({"params": params}, batch["fmri"], rng)["loss"], ({}, model_state)
+
+  # eps 1e-4: Adam turns gradients at float32 noise level (~1e-9) into full +-lr
+  # steps whose sign depends on reduction order; a larger eps keeps the
+  # comparison about the sharding, not about that amplification.
+  state, shardings, tx = create_train_state(
+      init_variables, lambda p: make_optimizer(optim_config(lr=1e-3, warmup_steps=1, eps=1e-4), 10, p),
+      jax.random.PRNGKey(0), mesh, RULES)
+  batch_sharding = shd.batch_sharding(mesh, RULES)
+  step = make_train_step(loss_fn, tx, shardings, {"fmri": batch_sharding}, mesh, RULES)
+  data = np.random.default_rng(0).standard_normal((steps, 16, 256)).astype(np.float32)
+  losses = []
+  for i in range(steps):
+    state, metrics = step(state, shd.global_batch({"fmri": data[i]}, batch_sharding))
+    losses.append(float(metrics["loss"]))
+  return state, shardings, losses
+
+
+@pytest.mark.parametrize("mesh_config", [
+    {"data": 8, "fsdp": 1, "tensor": 1},
+    {"data": 2, "fsdp": 2, "tensor": 2},
+    {"data": 1, "fsdp": 8, "tensor": 1},
+])
+def test_sharded_step_matches_single_device(mesh_config):
+  assert jax.device_count() == 8
+  ref_state, _, ref_losses = _run({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  state, shardings, losses = _run(mesh_config, jax.devices())
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(jax.device_get(ref_state.params))):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+  assert int(state.step) == 3
+
+
+def test_parameters_are_actually_sharded():
+  _, shardings, _ = _run({"data": 2, "fsdp": 2, "tensor": 2}, jax.devices(), steps=1)
+  qkv = shardings.params["encoder"]["block_0"]["attn"]["qkv"]["kernel"]
+  assert tuple(qkv.spec) == ("fsdp", "tensor")
+  fc2 = shardings.params["encoder"]["block_0"]["mlp"]["fc2"]["kernel"]
+  assert tuple(fc2.spec) == ("tensor", "fsdp")
+  # Adam moments follow their parameters; the step count is replicated.
+  flat = jax.tree.leaves(shardings.opt_state, is_leaf=lambda x: hasattr(x, "spec"))
+  assert any(tuple(s.spec) == ("fsdp", "tensor") for s in flat)
+
+
+@pytest.mark.parametrize("mesh_config,message", [
+    ({"data": 3, "fsdp": 1, "tensor": 1}, "needs 3 devices"),
+    ({"data": -1, "fsdp": -1, "tensor": 1}, "only one axis may be -1"),
+    ({"data": -1, "fsdp": 3, "tensor": 1}, "not divisible by 3"),
+    ({"data": 0, "fsdp": 1, "tensor": 1}, "config.mesh.data = 0"),
+    ({"data": -1, "pipeline": 2}, "unknown axes"),
+])
+def test_bad_mesh_configs_name_the_field(mesh_config, message):
+  with pytest.raises(ConfigError, match=message):
+    shd.mesh_shape(mesh_config, 8)
+
+
+def test_mesh_fill_axis():
+  assert shd.mesh_shape({"data": -1, "fsdp": 2, "tensor": 1}, 8) == (4, 2, 1)
