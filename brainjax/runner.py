@@ -35,6 +35,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   cfg.require_positive_int(config, "seed", allow_zero=True)
   shd.rules_from_config(cfg.get_path(config, "logical_axis_rules"))
   shd.mesh_shape(cfg.get_path(config, "mesh").to_dict(), jax.device_count())
+  if "data" in config:
+    from brainjax.data import pipeline
+    pipeline.validate_data(config)
   for name in config.stages:
     stage = stages.get_stage(name)
     if name not in config:

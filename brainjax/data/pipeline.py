@@ -61,22 +61,44 @@ class WindowSpec:
     return self.window * self.temporal_average
 
 
-def load_builder(data: ml_collections.ConfigDict, *, prepare: bool = True):
-  """The TFDS builder named by `config.data`, generated on first use."""
-  if data.name != "synthetic":
-    raise ConfigError(f"config.data.name = {data.name!r}: only 'synthetic' is available in this version; the "
-                      "real-dataset builders (cc2017, HCP, BOLD Moments, HAD, CineBrain) are listed in README.md.")
+REAL_DATASETS = ("cc2017", "hcp", "bmd", "had", "cinebrain")
+
+
+def _check_dataset_name(name: str) -> None:
+  if name in REAL_DATASETS:
+    raise ConfigError(
+        f"config.data.name = {name!r}: the builder for this real dataset is not part of this version of "
+        "brainjax yet (see README.md, 'Real data'); use --config.data.name=synthetic for now.")
+  if name != "synthetic":
+    raise ConfigError(f"config.data.name = {name!r}: unknown dataset; choose 'synthetic' or one of {REAL_DATASETS}.")
+
+
+def synthetic_builder_config(data: ml_collections.ConfigDict):
+  """The builder config `config.data` names: a preset ('demo', 'full256') or a custom `data.spec`."""
   from data_builders import synthetic as synthetic_builder
   from brainjax.data import synthetic
 
-  data_dir = epath.Path(data.data_dir).expanduser() if data.data_dir else None
-  if data.builder_config in {c.name for c in synthetic_builder.Builder.BUILDER_CONFIGS} and not data.get("spec"):
-    config = data.builder_config
-  else:
-    spec = synthetic.SyntheticSpec(**_spec_kwargs(data.get("spec") or {}))
-    config = synthetic_builder.builder_config_for(spec)
-  builder = synthetic_builder.Builder(config=config, data_dir=str(data_dir) if data_dir else None,
-                                      file_format="array_record")
+  presets = {c.name: c for c in synthetic_builder.Builder.BUILDER_CONFIGS}
+  if data.get("spec"):
+    try:
+      spec = synthetic.SyntheticSpec(**_spec_kwargs(data.spec))
+    except TypeError as e:
+      raise ConfigError(f"config.data.spec: {e}; the fields are those of brainjax.data.synthetic.SyntheticSpec.")
+    return synthetic_builder.builder_config_for(spec)
+  if data.builder_config not in presets:
+    raise ConfigError(f"config.data.builder_config = {data.builder_config!r}: choose one of {sorted(presets)} "
+                      "or give a custom config.data.spec.")
+  return presets[data.builder_config]
+
+
+def load_builder(data: ml_collections.ConfigDict, *, prepare: bool = True):
+  """The TFDS builder named by `config.data`, generated on first use."""
+  _check_dataset_name(data.name)
+  from data_builders import synthetic as synthetic_builder
+
+  config = synthetic_builder_config(data)
+  data_dir = str(epath.Path(data.data_dir).expanduser()) if data.data_dir else None
+  builder = synthetic_builder.Builder(config=config, data_dir=data_dir, file_format="array_record")
   if prepare and not builder.is_prepared():
     if jax.process_index() == 0:
       logging.info("generating the synthetic benchmark into %s (first use; reused afterwards)", builder.data_dir)
@@ -84,8 +106,7 @@ def load_builder(data: ml_collections.ConfigDict, *, prepare: bool = True):
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("brainjax_data_prepared")
-    builder = synthetic_builder.Builder(config=config, data_dir=str(data_dir) if data_dir else None,
-                                        file_format="array_record")
+    builder = synthetic_builder.Builder(config=config, data_dir=data_dir, file_format="array_record")
   return builder
 
 
@@ -243,8 +264,9 @@ def data_config(**overrides: Any) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(base)
 
 
-def validate_data(config: ml_collections.ConfigDict) -> None:
-  cfg.require_choice(config, "data.name", ("synthetic",))
+def validate_data(config: ml_collections.ConfigDict, splits: Sequence[str] = ("train", "test")) -> None:
+  """Checks `config.data` without touching the files (they may not exist yet)."""
+  _check_dataset_name(cfg.get_path(config, "data.name"))
   cfg.require_positive_int(config, "data.window")
   cfg.require_positive_int(config, "data.hrf_shift_trs", allow_zero=True)
   cfg.require_positive_int(config, "data.temporal_average")
@@ -258,3 +280,16 @@ def validate_data(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.data.subjects = {subjects!r}: must be a non-empty list of subject indices.")
   if len(set(subjects)) != len(subjects):
     raise ConfigError(f"config.data.subjects = {subjects!r} lists a subject twice.")
+  spec = synthetic_builder_config(config.data).spec
+  spec.validate()
+  if max(subjects) >= spec.num_subjects:
+    raise ConfigError(f"config.data.subjects = {list(subjects)}: the dataset has subjects 0..{spec.num_subjects - 1}.")
+  window = WindowSpec.from_config(config.data)
+  for split in splits:
+    length = spec.rest_trs if split == "rest" else spec.segment_trs
+    shift = 0 if split == "rest" else window.hrf_shift_trs
+    if shift + window.span_trs > length:
+      raise ConfigError(
+          f"config.data: a window of {window.window} x temporal_average {window.temporal_average} TRs after a "
+          f"shift of {shift} TRs does not fit in a {length}-TR {split} segment; reduce data.window, "
+          "data.temporal_average or data.hrf_shift_trs.")

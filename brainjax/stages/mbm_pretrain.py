@@ -20,18 +20,39 @@ from brainjax.data import pipeline
 from brainjax.models import mbm
 from brainjax.stages import StageContext
 from brainjax.stages import common
+from brainjax.train.optim import optim_config
 
 CONFIG_KEYS = ("seed", "data", "mbm_pretrain")
 
 
+def stage_config(**overrides) -> ml_collections.ConfigDict:
+  """`config.mbm_pretrain` at the paper's settings; recipes override what differs."""
+  stage = ml_collections.ConfigDict(dict(
+      split="rest",
+      # MBM reads single volumes averaged over ~8 s (4 TRs of 2 s), non-overlapping,
+      # every subject wrap-padded to one length (MinD-Vis lineage).
+      data_overrides=dict(window=1, hrf_shift_trs=0, temporal_average=4, stride=4, voxel_padding="wrap",
+                          repeats="each"),
+      model=mbm.model_config(),
+      optim=optim_config(),
+      batch_size=500,
+      num_steps=100_000,
+      log_every_steps=100,
+      checkpoint_every_steps=2000,
+      keep_checkpoints=2,
+  ))
+  stage.update(overrides)
+  return stage
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-  common.validate_train(config, "mbm_pretrain")
   data = common.stage_data_config(config, "mbm_pretrain")
-  pipeline.validate_data(ml_collections.ConfigDict({"data": data}))
+  cfg.require_choice(config, "mbm_pretrain.split", ("rest", "train"))
+  pipeline.validate_data(ml_collections.ConfigDict({"data": data}), splits=(config.mbm_pretrain.split, "test"))
+  common.validate_train(config, "mbm_pretrain")
   if data.window != 1:
     raise cfg.ConfigError(f"config.mbm_pretrain.data_overrides.window = {data.window}: MBM reads single "
                           "volumes; set it to 1.")
-  cfg.require_choice(config, "mbm_pretrain.split", ("rest", "train"))
   model = config.mbm_pretrain.model
   for field in ("patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
                 "decoder_num_heads"):

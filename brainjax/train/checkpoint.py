@@ -28,6 +28,8 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=every_steps, create=True,
+            # a SIGKILL mid-write leaves a temporary directory: remove it on restart
+            cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save),
         item_names=("state", "data"),
     )

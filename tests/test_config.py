@@ -1,0 +1,81 @@
+"""Bad configs fail before anything runs, with messages that name the field."""
+
+import pytest
+from ml_collections import config_flags  # noqa: F401  (the loader main.py uses)
+
+from brainjax import runner
+from brainjax.config import ConfigError
+from brainjax.config import select_preset
+
+
+def _load(preset="demo"):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("mindvideo_recipe", "configs/mindvideo.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset)
+
+
+def test_demo_preset_validates():
+  runner.validate(_load("demo"))
+
+
+def test_unknown_preset_lists_known_ones():
+  with pytest.raises(ConfigError, match=r"unknown preset 'papr'.*\['demo', 'paper'\]"):
+    _load("papr")
+
+
+def test_select_preset_default_is_paper():
+  assert select_preset(None, {"paper": lambda: __import__("ml_collections").ConfigDict()}, "x").preset == "paper"
+
+
+def test_paper_preset_names_the_missing_datasets():
+  config = _load("paper")
+  with pytest.raises(ConfigError, match=r"config.data.name = 'cc2017'.*not part of this version"):
+    runner.validate(config)
+  config.data.name = "synthetic"
+  with pytest.raises(ConfigError, match=r"config.data.name = 'hcp'.*not part of this version"):
+    runner.validate(config)
+
+
+@pytest.mark.parametrize("path,value,message", [
+    ("stages", ["mbm_pretrain", "mbm_pretrian"], r"unknown stage 'mbm_pretrian'"),
+    ("stages", ["mbm_pretrain", "mbm_pretrain"], r"lists 'mbm_pretrain' twice"),
+    ("stages", [], r"config.stages is empty"),
+    ("mbm_pretrain.batch_size", -8, r"config.mbm_pretrain.batch_size = -8: must be a positive integer"),
+    ("mbm_pretrain.batch_size", 60, r"batch_size = 60 must be a multiple of the 8 devices"),
+    ("mbm_pretrain.num_steps", 0, r"config.mbm_pretrain.num_steps = 0"),
+    ("mbm_pretrain.optim.lr", -1.0, r"config.mbm_pretrain.optim.lr = -1.0: must be a positive number"),
+    ("mbm_pretrain.optim.name", "adamax", r"config.mbm_pretrain.optim.name = 'adamax'"),
+    ("mbm_pretrain.optim.warmup_steps", 10_000, r"warmup_steps = 10000 must be smaller"),
+    ("mbm_pretrain.model.mask_ratio", 1.5, r"mask_ratio = 1.5: must be a number in"),
+    ("mbm_pretrain.model.num_heads", 3, r"embed_dim must be divisible by num_heads"),
+    ("mbm_pretrain.split", "val", r"config.mbm_pretrain.split = 'val'"),
+    ("mbm_pretrain.data_overrides.window", 2, r"MBM reads single volumes"),
+    ("mbm_pretrain.data_overrides.temporal_average", 500, r"does not fit in a 200-TR rest segment"),
+    ("data.hrf_shift_trs", 200, r"does not fit in a 110-TR train segment"),
+    ("data.window", 0, r"config.data.window = 0: must be a positive integer"),
+    ("data.subjects", [0, 7], r"config.data.subjects = \[0, 7\]: the dataset has subjects 0..2"),
+    ("data.voxel_padding", "zero", r"config.data.voxel_padding = 'zero'"),
+    ("data.builder_config", "huge", r"config.data.builder_config = 'huge'"),
+    ("mesh.data", 3, r"needs 3 devices"),
+    ("seed", -1, r"config.seed = -1"),
+])
+def test_bad_values_name_the_field(path, value, message):
+  config = _load("demo")
+  with config.unlocked():
+    node = config
+    *parents, leaf = path.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  with pytest.raises(ConfigError, match=message):
+    runner.validate(config)
+
+
+def test_missing_stage_settings_are_reported():
+  config = _load("demo")
+  with config.unlocked():
+    del config["mbm_pretrain"]
+  with pytest.raises(ConfigError, match=r"config.mbm_pretrain is missing"):
+    runner.validate(config)

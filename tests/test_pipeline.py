@@ -1,0 +1,165 @@
+"""The synthetic TFDS dataset and the Grain window pipeline."""
+
+import dataclasses
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from brainjax.config import ConfigError
+from brainjax.data import pipeline, synthetic
+from tests import helpers
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  return pipeline.data_config(data_dir=str(tmp_path_factory.mktemp("tfds")), spec=helpers.TINY_SPEC,
+                              subjects=[0], window=2, hrf_shift_trs=2)
+
+
+@pytest.fixture(scope="module")
+def builder(data):
+  return pipeline.load_builder(data)
+
+
+def _with(data, **kw):
+  out = ml_collections.ConfigDict(data.to_dict())
+  out.update(kw)
+  return out
+
+
+def test_generated_once_then_reused(data, builder):
+  files = sorted(p for p in __import__("pathlib").Path(builder.data_dir).glob("*array_record*"))
+  assert files, "ArrayRecord files were not written"
+  mtimes = [f.stat().st_mtime_ns for f in files]
+  again = pipeline.load_builder(data)
+  assert again.is_prepared()
+  assert [f.stat().st_mtime_ns for f in files] == mtimes
+
+
+def test_examples_follow_the_common_schema(data):
+  spec = synthetic.SyntheticSpec(**helpers.TINY_SPEC)
+  source = pipeline.make_source(data, "train")
+  ex = source[7]
+  assert ex["fmri"].dtype == np.float32 and ex["fmri"].shape == (2, spec.voxels_per_subject[0])
+  assert ex["frames"].dtype == np.uint8 and ex["frames"].shape == (spec.frames_per_tr, 32, 32, 3)
+  assert isinstance(ex["caption"], str) and ex["caption"].startswith("a ")
+  assert ex["subject"].dtype == np.int32 and ex["clip_id"].dtype == np.int64
+  assert set(ex["labels"]) == set(pipeline.LABEL_KEYS)
+  assert 0 <= ex["labels"]["category"] < len(synthetic.CLASSES)
+
+
+def test_window_is_shifted_and_stays_inside_its_segment(data, builder):
+  records = builder.as_data_source("test")
+  lengths = dict(builder.info.metadata)["segment_trs"]["test"]
+  for shift, window in [(2, 2), (0, 1), (3, 3)]:
+    source = pipeline.make_source(_with(data, hrf_shift_trs=shift, window=window), "test")
+    assert len(source) == sum(length - shift - window + 1 for length in lengths)
+    for i in (0, len(source) - 1):
+      ex = source[i]
+      t = int(source._index[i][1])
+      expected = np.stack([records[t + shift + j]["fmri"]["subject_0"].mean(0) for j in range(window)])
+      np.testing.assert_allclose(ex["fmri"], expected, rtol=1e-6)
+      assert ex["clip_id"] == records[t]["clip_id"]
+      np.testing.assert_array_equal(ex["frames"], records[t]["frames"])
+      assert int(records[t + shift + window - 1]["segment"]) == int(records[t]["segment"])
+
+
+def test_repeats_each_and_average(data, builder):
+  each = pipeline.make_source(_with(data, repeats="each"), "test")
+  avg = pipeline.make_source(data, "test")
+  reps = helpers.TINY_SPEC["test_repeats"]
+  assert len(each) == reps * len(avg)
+  single = np.stack([each[r * len(avg) + 5]["fmri"] for r in range(reps)])
+  assert sorted(int(each[r * len(avg) + 5]["repeat"]) for r in range(reps)) == list(range(reps))
+  np.testing.assert_allclose(single.mean(0), avg[5]["fmri"], rtol=1e-5, atol=1e-6)
+  assert avg[5]["repeat"] == -1
+
+
+def test_temporal_average_means_consecutive_trs(data, builder):
+  records = builder.as_data_source("rest")
+  source = pipeline.make_source(_with(data, window=1, temporal_average=3, stride=3, hrf_shift_trs=0), "rest")
+  ex = source[1]
+  first = int(source._index[1][2])
+  assert first == 3
+  expected = np.mean([records[first + k]["fmri"]["subject_0"][0] for k in range(3)], axis=0)
+  np.testing.assert_allclose(ex["fmri"][0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_subjects_with_different_voxel_counts_need_padding(data):
+  with pytest.raises(ConfigError, match=r"different voxel counts \[250, 310\].*voxel_padding='wrap'"):
+    pipeline.make_source(_with(data, subjects=[0, 1]), "train")
+  source = pipeline.make_source(_with(data, subjects=[0, 1], voxel_padding="wrap"), "train")
+  assert source.num_voxels == 320  # 310 rounded up to a multiple of 16
+  ex0 = next(source[i] for i in range(len(source)) if source[i]["subject"] == 0)
+  np.testing.assert_array_equal(ex0["fmri"][:, 250:320], ex0["fmri"][:, :70])  # wrap-padded
+  with pytest.raises(ConfigError, match=r"num_voxels = 300 is smaller than the largest subject"):
+    pipeline.make_source(_with(data, subjects=[0, 1], voxel_padding="wrap", num_voxels=300), "train")
+
+
+def test_iterator_is_deterministic_and_checkpointable(data):
+  source = pipeline.make_source(data, "train")
+  a = pipeline.make_iterator(source, batch_size=8, seed=1)
+  b = pipeline.make_iterator(source, batch_size=8, seed=1)
+  c = pipeline.make_iterator(source, batch_size=8, seed=2)
+  first = [next(a)["clip_id"] for _ in range(3)]
+  assert all(np.array_equal(x, next(b)["clip_id"]) for x in first)
+  assert not np.array_equal(first[0], next(c)["clip_id"])
+  state = a.get_state()
+  expected = [next(a)["fmri"] for _ in range(2)]
+  resumed = pipeline.make_iterator(source, batch_size=8, seed=1)
+  resumed.set_state(state)
+  for x in expected:
+    np.testing.assert_array_equal(next(resumed)["fmri"], x)
+
+
+def test_epochs_reshuffle_and_cover_everything(data):
+  source = pipeline.make_source(data, "test")
+  n = len(source)
+  # make_iterator shuffles then repeats: every window once per epoch, a new order each epoch.
+  import grain
+  ds = grain.MapDataset.range(n).shuffle(seed=0).repeat(2)
+  epoch0 = [ds[i] for i in range(n)]
+  epoch1 = [ds[n + i] for i in range(n)]
+  assert sorted(epoch0) == sorted(epoch1) == list(range(n))
+  assert epoch0 != epoch1
+
+
+def test_per_process_shards_are_disjoint(data, monkeypatch):
+  source = pipeline.make_source(data, "test")
+  n = len(source)
+  seen = []
+  for process in range(2):
+    monkeypatch.setattr(jax, "process_index", lambda p=process: p)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    it = pipeline.make_iterator(source, batch_size=2, seed=0, num_epochs=1, drop_remainder=False,
+                                transform=lambda ex: {"key": np.int64(ex["clip_id"]) * 1000 + ex["fmri"].size})
+    seen.append([int(k) for batch in it for k in batch["key"]])
+  assert len(seen[0]) + len(seen[1]) == n
+  assert abs(len(seen[0]) - len(seen[1])) <= 1
+
+
+def test_non_finite_fmri_is_an_error():
+  records = [{"fmri": {"subject_0": np.full((1, 4), np.nan, np.float32)}, "frames": np.zeros((0, 2, 2, 3), np.uint8),
+              "caption": b"", "clip_id": -1, "segment": 0, "tr": t,
+              "labels": {k: -1 for k in pipeline.LABEL_KEYS}} for t in range(4)]
+  meta = {"subjects": [{"num_voxels": 4}], "segment_trs": {"rest": [4]}}
+  source = pipeline.FmriWindowSource(records, meta, "rest", (0,), pipeline.WindowSpec(window=1, hrf_shift_trs=0))
+  with pytest.raises(FloatingPointError, match="NaN/Inf"):
+    source[0]
+
+
+def test_incomplete_dataset_is_detected(builder):
+  meta = dict(builder.info.metadata)
+  records = builder.as_data_source("test")
+  meta = dict(meta, segment_trs={"test": [len(records) + 5]})
+  with pytest.raises(ValueError, match="incomplete or stale"):
+    pipeline._check_record_order(records, meta, "test")
+
+
+def test_window_too_long_for_segments_is_a_config_error(builder):
+  meta = dict(builder.info.metadata)
+  with pytest.raises(ConfigError, match="must not exceed a segment"):
+    pipeline.FmriWindowSource(builder.as_data_source("test"), meta, "test", (0,),
+                              dataclasses.replace(pipeline.WindowSpec(), window=100))
