@@ -3,45 +3,14 @@
 import json
 import os
 
-import fsspec
 import ml_collections
 import pytest
 from etils import epath
-from etils.epath import backend as epath_backend
-from fsspec.implementations.local import LocalFileSystem
 
 from brainjax import config as cfg
 from brainjax import runner, stages
 from brainjax.config import ConfigError
 from brainjax.train.metric_writer import MetricWriter, read_metrics
-
-
-@pytest.fixture
-def fake_gcs(tmp_path, monkeypatch):
-  """Serves gs://bucket/... from tmp_path/bucket/... through fsspec, as gcsfs would."""
-  root = str(tmp_path / "gcs")
-  os.makedirs(root)
-
-  class LocalGcs(LocalFileSystem):
-    protocol = ("gs", "gcs")
-
-    def __init__(self, *args, finalize_on_close=False, **kwargs):
-      del finalize_on_close
-      super().__init__(*args, **kwargs)
-
-    @classmethod
-    def _strip_protocol(cls, path):
-      path = str(path)
-      for prefix in ("gs://", "gcs://"):
-        if path.startswith(prefix):
-          path = path[len(prefix):]
-      return os.path.join(root, path) if not path.startswith(root) else path
-
-  fsspec.register_implementation("gcs", LocalGcs, clobber=True)
-  fsspec.register_implementation("gs", LocalGcs, clobber=True)
-  epath_backend.fsspec_backend._get_filesystem.cache_clear()
-  yield root
-  epath_backend.fsspec_backend._get_filesystem.cache_clear()
 
 
 def _config(message="hello"):
