@@ -10,6 +10,8 @@ Runs `config.stages` in order. Any config field can be overridden with
 
 from __future__ import annotations
 
+import logging as logging_lib
+
 
 import jax
 from absl import app, flags, logging
@@ -22,14 +24,39 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. con
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: a local path or gs:// URI.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "jax_distributed", False,
-    "Call jax.distributed.initialize() first (multi-host TPU pods / multi-node GPU).")
+    "Call jax.distributed.initialize() first (multi-host TPU pods / multi-node GPU). On TPU VMs and "
+    "SLURM the cluster is detected; elsewhere give the three flags below.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --jax_distributed).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --jax_distributed).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --jax_distributed).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _initialize_distributed() -> None:
+  if jax.config.jax_platforms in ("cpu", None) and _NUM_PROCESSES.value:
+    # CPU processes exchange gradients through gloo (tests and CPU clusters).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                             process_id=_PROCESS_ID.value)
+  logging.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+
+
+class _LibraryInfoFilter(logging_lib.Filter):
+  """Keeps brainjax's INFO lines and everyone's warnings; drops the checkpoint
+  and data libraries' per-save INFO chatter that would bury the progress lines."""
+
+  _NOISY = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/")
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    return record.levelno >= logging_lib.WARNING or not any(n in record.pathname for n in self._NOISY)
 
 
 def main(argv) -> int:
   del argv
+  logging.get_absl_handler().addFilter(_LibraryInfoFilter())
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    _initialize_distributed()
   try:
     runner.run(_CONFIG.value, _WORKDIR.value)
   except runner.Preempted as e:

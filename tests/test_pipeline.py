@@ -126,18 +126,29 @@ def test_epochs_reshuffle_and_cover_everything(data):
   assert epoch0 != epoch1
 
 
-def test_per_process_shards_are_disjoint(data, monkeypatch):
+@pytest.mark.parametrize("drop_remainder", [True, False])
+def test_global_batches_do_not_depend_on_the_process_count(data, monkeypatch, drop_remainder):
   source = pipeline.make_source(data, "test")
-  n = len(source)
-  seen = []
-  for process in range(2):
-    monkeypatch.setattr(jax, "process_index", lambda p=process: p)
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
-    it = pipeline.make_iterator(source, batch_size=2, seed=0, num_epochs=1, drop_remainder=False,
-                                transform=lambda ex: {"key": np.int64(ex["clip_id"]) * 1000 + ex["fmri"].size})
-    seen.append([int(k) for batch in it for k in batch["key"]])
-  assert len(seen[0]) + len(seen[1]) == n
-  assert abs(len(seen[0]) - len(seen[1])) <= 1
+  key = lambda ex: {"key": np.int64(ex["clip_id"]) * 1000 + int(np.round(ex["fmri"][0, 0] * 100))}
+
+  def batches(processes):
+    per_process = []
+    for process in range(processes):
+      monkeypatch.setattr(jax, "process_index", lambda p=process: p)
+      monkeypatch.setattr(jax, "process_count", lambda n=processes: n)
+      it = pipeline.make_iterator(source, batch_size=8, seed=0, num_epochs=1, drop_remainder=drop_remainder,
+                                  transform=key)
+      per_process.append([list(b["key"]) for b in it])
+    return [sum(rows, []) for rows in zip(*per_process)] if drop_remainder else per_process
+
+  if drop_remainder:
+    single, double = batches(1), batches(2)
+    assert len(single) == len(source) // 8
+    assert single == double  # same global batches, same order
+  else:
+    shards = batches(2)
+    flat = [k for shard in shards for b in shard for k in b]
+    assert len(flat) == len(set(flat)) == len(source)  # every window once, no duplicates
 
 
 def test_non_finite_fmri_is_an_error():

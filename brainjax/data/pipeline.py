@@ -236,24 +236,41 @@ def _check_record_order(records, metadata: dict, split: str) -> None:
 
 def make_iterator(source, *, batch_size: int, seed: int, shuffle: bool = True, num_epochs: int | None = None,
                   drop_remainder: bool = True, num_threads: int = 4, transform=None) -> grain.DatasetIterator:
-  """Shuffled, repeated, per-process-sharded, batched; its state is checkpointable.
+  """Shuffled, repeated, per-process, batched; its state is checkpointable.
 
-  `batch_size` is the global batch: each process reads `batch_size / process_count`
-  consecutive-in-order examples of its own shard. The order depends only on
+  `batch_size` is the global batch. Process p of P reads rows
+  [p*B/P, (p+1)*B/P) of every global batch, so a global batch holds the same
+  examples in the same order whatever the number of processes: a run on one
+  host and on a pod slice see identical data. The order depends only on
   `seed`, never on the number of threads or on when the run was interrupted.
   """
-  if batch_size % jax.process_count():
-    raise ConfigError(f"batch size {batch_size} is not divisible by the {jax.process_count()} processes.")
+  processes, process = jax.process_count(), jax.process_index()
+  if batch_size % processes:
+    raise ConfigError(f"batch size {batch_size} is not divisible by the {processes} processes.")
   ds = grain.MapDataset.source(source)
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
-  ds = ds[jax.process_index()::jax.process_count()]
+  ds = _process_rows(ds, batch_size, process, processes, drop_remainder)
   if transform is not None:
     ds = ds.map(transform)
-  ds = ds.batch(batch_size // jax.process_count(), drop_remainder=drop_remainder)
+  ds = ds.batch(batch_size // processes, drop_remainder=drop_remainder)
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads))
   return iter(it_ds)
+
+
+def _process_rows(ds: grain.MapDataset, batch_size: int, process: int, processes: int,
+                  drop_remainder: bool) -> grain.MapDataset:
+  """This process's rows of each consecutive global batch of `ds`."""
+  local = batch_size // processes
+  full, rest = divmod(len(ds), batch_size)
+  length = full * local + (0 if drop_remainder else max(0, min(local, rest - process * local)))
+
+  def global_index(i: int) -> int:
+    batch, row = divmod(i, local)
+    return batch * batch_size + process * local + row
+
+  return grain.MapDataset.range(length).map(lambda i: ds[global_index(i)])
 
 
 def data_config(**overrides: Any) -> ml_collections.ConfigDict:

@@ -30,7 +30,7 @@ class MaskedBrainModel(nn.Module):
   decoder_embed_dim: int = 512
   decoder_depth: int = 8
   decoder_num_heads: int = 16
-  decoder_mlp_ratio: float = 4.0
+  decoder_mlp_ratio: float = 1.0
   mask_ratio: float = 0.75
   remat: bool = False
   dtype: Any = jnp.float32
@@ -104,9 +104,9 @@ def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array
 
 
 def model_config(**overrides: Any) -> ml_collections.ConfigDict:
-  """MinD-Video's SC-MBM sizes (encoder 24 x 1024, 16 heads, mlp 1.0; decoder 8 x 512)."""
+  """MinD-Vis / MinD-Video SC-MBM sizes: encoder 24 x 1024, 16 heads; decoder 8 x 512, 16 heads; mlp ratio 1.0 in both (MAEforFMRI shares it)."""
   base = dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=1.0, decoder_embed_dim=512,
-              decoder_depth=8, decoder_num_heads=16, decoder_mlp_ratio=4.0, mask_ratio=0.75, remat=False,
+              decoder_depth=8, decoder_num_heads=16, decoder_mlp_ratio=1.0, mask_ratio=0.75, remat=False,
               dtype="float32")
   base.update(overrides)
   return ml_collections.ConfigDict(base)

@@ -13,7 +13,6 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from brainjax import config as cfg
-from brainjax.data import pipeline
 from brainjax.stages import StageContext
 from brainjax.train import sharding as shd
 from brainjax.train.checkpoint import Checkpointer
