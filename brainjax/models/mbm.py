@@ -57,10 +57,13 @@ class MaskedBrainModel(nn.Module):
     self.decoder_norm = layers.layer_norm("decoder_norm", **kw)
     self.decoder_pred = layers.dense(self.patch_size, ("embed", "patch"), name="decoder_pred", **kw)
 
-  def encode(self, voxels: jax.Array, *, mask_rng: jax.Array | None = None, mask_ratio: float | None = None):
+  def encode(self, voxels: jax.Array, *, mask_rng: jax.Array | None = None, mask_ratio: float | None = None,
+             with_cls: bool = True):
     """[B, V] -> (tokens [B, 1 + kept, D], restore permutation or None).
 
-    Without `mask_rng` nothing is masked: the full-sequence embedding later stages use.
+    Without `mask_rng` nothing is masked. `with_cls=False` drops the cls token,
+    which is how MindVideo's encoder reads an MBM checkpoint (and what a window-1
+    `FmriEncoder` computes).
     """
     patches = layers.patchify(voxels, self.patch_size)
     x = self.patch_embed(patches.astype(self.dtype))
@@ -71,8 +74,9 @@ class MaskedBrainModel(nn.Module):
       num_keep = max(1, int(round(self.num_patches * (1.0 - ratio))))
       keep, restore = layers.keep_indices(mask_rng, x.shape[0], self.num_patches, num_keep)
       x = layers.take_tokens(x, keep)
-    cls = jnp.broadcast_to(self.cls_token.astype(self.dtype), (x.shape[0], 1, self.embed_dim))
-    x = jnp.concatenate([cls, x], axis=1)
+    if with_cls:
+      cls = jnp.broadcast_to(self.cls_token.astype(self.dtype), (x.shape[0], 1, self.embed_dim))
+      x = jnp.concatenate([cls, x], axis=1)
     x = self.encoder_norm(self.encoder(x))
     return x, restore
 

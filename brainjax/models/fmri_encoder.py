@@ -1,0 +1,160 @@
+"""MinD-Video's windowed spatio-temporal fMRI encoder and its projection head.
+
+Input: a window of w consecutive volumes [B, w, V]. Every volume is cut into
+patches and embedded exactly as in the MBM encoder (so an MBM checkpoint
+initialises it). Each block then runs
+
+  spatial attention   over the N patches of each volume        [B*w, N, D]
+  temporal attention  over the w volumes at each patch position [B*N, w, D]
+                      (new `attn_temp` / `norm_temp`; no temporal position
+                      embedding, as in MindVideo's BlockTemp)
+  MLP
+
+and the tokens of all volumes are concatenated: [B, w*N, D]. With w = 1 the
+temporal attention is skipped, so the encoder *is* the MBM encoder (MindVideo
+uses plain blocks then).
+
+The projection head maps [B, w*N, D] to the diffusion condition [B, 77, 768]:
+a bias-free linear map over the token axis (w*N -> 77), a bias-free D -> 768
+projection, then GELU -> linear -> dropout added back residually, and an
+optional layer norm. `pooled` (mean over the 77 tokens) is the embedding the
+contrastive losses use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from brainjax.models import layers
+
+
+class SpatioTemporalBlock(nn.Module):
+  num_heads: int
+  window: int
+  mlp_ratio: float = 1.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [B*w, N, D]."""
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    bw, n, d = x.shape
+    x = x + layers.Attention(self.num_heads, name="attn", **kw)(layers.layer_norm("norm1", **kw)(x))
+    if self.window > 1:
+      b = bw // self.window
+      t = x.reshape(b, self.window, n, d).transpose(0, 2, 1, 3).reshape(b * n, self.window, d)
+      t = t + layers.Attention(self.num_heads, name="attn_temp", **kw)(layers.layer_norm("norm_temp", **kw)(t))
+      x = t.reshape(b, n, self.window, d).transpose(0, 2, 1, 3).reshape(bw, n, d)
+    x = x + layers.Mlp(int(d * self.mlp_ratio), name="mlp", **kw)(layers.layer_norm("norm2", **kw)(x))
+    return nn.with_logical_constraint(x, ("act_batch", "act_tokens", "act_embed"))
+
+
+class SpatioTemporalStack(nn.Module):
+  """`depth` blocks named like the MBM encoder's (`block_{i}`), so MBM weights drop in."""
+  depth: int
+  num_heads: int
+  window: int
+  mlp_ratio: float = 1.0
+  remat: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    block = nn.remat(SpatioTemporalBlock) if self.remat else SpatioTemporalBlock
+    for i in range(self.depth):
+      x = block(self.num_heads, self.window, self.mlp_ratio, self.dtype, self.param_dtype, name=f"block_{i}")(x)
+    return x
+
+
+def init_from_mbm(encoder_params: dict, mbm_params: dict) -> dict:
+  """Encoder params with every weight the MBM encoder has replaced by the MBM's.
+
+  The temporal attention (`attn_temp`, `norm_temp`) keeps its initialisation;
+  the MBM decoder, cls and mask tokens are not used.
+  """
+  shared = ("patch_embed", "encoder", "encoder_norm")
+
+  def merge(target, source, path):
+    if not isinstance(target, dict):
+      if source.shape != target.shape:
+        raise ValueError(f"MBM parameter {'/'.join(path)} has shape {source.shape}, the encoder expects "
+                         f"{target.shape}; the MBM and encoder configs (embed_dim, patch_size, mlp_ratio) differ.")
+      return source
+    return {k: merge(v, source[k], path + (k,)) if k in source else v for k, v in target.items()}
+
+  missing = [k for k in shared if k not in mbm_params]
+  if missing:
+    raise ValueError(f"not an MBM parameter tree: {missing} missing")
+  return {k: merge(v, mbm_params[k], (k,)) if k in shared else v for k, v in encoder_params.items()}
+
+
+class FmriEncoder(nn.Module):
+  """[B, w, V] -> tokens [B, w*N, D]."""
+  num_voxels: int
+  window: int = 2
+  patch_size: int = 16
+  embed_dim: int = 1024
+  depth: int = 24
+  num_heads: int = 16
+  mlp_ratio: float = 1.0
+  remat: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @property
+  def num_patches(self) -> int:
+    return self.num_voxels // self.patch_size
+
+  @nn.compact
+  def __call__(self, fmri: jax.Array) -> jax.Array:
+    b, w, v = fmri.shape
+    if w != self.window or v != self.num_voxels:
+      raise ValueError(f"expected fMRI windows [B, {self.window}, {self.num_voxels}], got {fmri.shape}")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    patches = layers.patchify(fmri.reshape(b * w, v), self.patch_size)
+    x = layers.dense(self.embed_dim, ("patch", "embed"), name="patch_embed", **kw)(patches.astype(self.dtype))
+    x = x + jnp.asarray(layers.sincos_1d(self.num_patches, self.embed_dim), self.dtype)[None]
+    x = SpatioTemporalStack(self.depth, self.num_heads, self.window, self.mlp_ratio, self.remat, name="encoder",
+                            **kw)(x)
+    x = layers.layer_norm("encoder_norm", **kw)(x)
+    return x.reshape(b, w * self.num_patches, self.embed_dim)
+
+
+class ProjectionHead(nn.Module):
+  """Tokens [B, T, D] -> condition [B, out_tokens, out_dim] (MindVideo's ProjectionHead)."""
+  out_tokens: int = 77
+  out_dim: int = 768
+  dropout: float = 0.0
+  use_norm: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    # A linear map over the token axis: each output token mixes all input tokens.
+    mapped = layers.dense(self.out_tokens, (None, None), use_bias=False, name="channel_mapper", **kw)(
+        tokens.swapaxes(1, 2)).swapaxes(1, 2)
+    projected = layers.dense(self.out_dim, ("embed", None), use_bias=False, name="projection", **kw)(mapped)
+    h = layers.dense(self.out_dim, (None, None), use_bias=False, name="fc", **kw)(nn.gelu(projected, approximate=False))
+    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    out = projected + h
+    if self.use_norm:
+      out = layers.layer_norm("layer_norm", **kw)(out)
+    return out
+
+
+class WindowedFmriModel(nn.Module):
+  """Encoder + head; returns the 77-token condition and its pooled embedding."""
+  encoder: FmriEncoder
+  head: ProjectionHead
+
+  def __call__(self, fmri: jax.Array, *, deterministic: bool = True) -> dict[str, jax.Array]:
+    condition = self.head(self.encoder(fmri), deterministic=deterministic)
+    return {"condition": condition, "pooled": condition.mean(axis=1)}

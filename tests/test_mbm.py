@@ -1,0 +1,122 @@
+"""Masked brain modelling and the windowed spatio-temporal encoder."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from brainjax.models import fmri_encoder, layers, mbm
+
+V, P = 320, 16
+
+
+def _mbm(mask_ratio=0.75):
+  return mbm.MaskedBrainModel(num_voxels=V, patch_size=P, embed_dim=32, depth=2, num_heads=4, decoder_embed_dim=16,
+                              decoder_depth=1, decoder_num_heads=2, mask_ratio=mask_ratio)
+
+
+def _init(model, x):
+  r = jax.random.PRNGKey(0)
+  return nn.meta.unbox(model.init({"params": r}, x, r)["params"])
+
+
+def test_masking_ratio_and_per_sample_independence():
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((16, V)), jnp.float32)
+  model = _mbm()
+  params = _init(model, x)
+  out = model.apply({"params": params}, x, jax.random.PRNGKey(1))
+  mask = np.asarray(out["mask"])
+  n = V // P
+  assert mask.shape == (16, n)
+  assert np.all(mask.sum(1) == n - round(n * 0.25))  # exactly 75% masked in every sample
+  assert len({tuple(m) for m in mask}) == 16         # each sample draws its own mask
+  again = model.apply({"params": params}, x, jax.random.PRNGKey(1))["mask"]
+  np.testing.assert_array_equal(mask, again)          # the rng decides, nothing else
+
+
+def test_loss_counts_only_masked_patches():
+  x = jnp.asarray(np.random.default_rng(1).standard_normal((4, V)), jnp.float32)
+  model = _mbm()
+  params = _init(model, x)
+  out = jax.device_get(model.apply({"params": params}, x, jax.random.PRNGKey(2)))
+  per_patch = ((out["pred"] - out["target"]) ** 2).mean(-1)
+  expected = (per_patch * out["mask"]).sum() / out["mask"].sum()
+  np.testing.assert_allclose(out["loss"], expected, rtol=1e-6)
+  # Changing the input on visible patches only moves the loss through the model, never as a
+  # target: the loss with targets replaced on visible patches is unchanged.
+  visible = out["mask"] == 0
+  target2 = out["target"].copy()
+  target2[visible] += 100.0
+  np.testing.assert_allclose(mbm.masked_mse(out["pred"], target2, out["mask"]), out["loss"], rtol=1e-6)
+
+
+def test_patch_embedding_equals_strided_conv():
+  x = np.random.default_rng(2).standard_normal((2, V)).astype(np.float32)
+  w = np.random.default_rng(3).standard_normal((P, 8)).astype(np.float32)
+  patches = np.asarray(layers.patchify(jnp.asarray(x), P))
+  conv = np.stack([[x[b, i * P:(i + 1) * P] @ w for i in range(V // P)] for b in range(2)])  # Conv1d, stride = kernel
+  np.testing.assert_allclose(patches @ w, conv, rtol=1e-5)
+
+
+def test_sincos_matches_mae_formula():
+  table = layers.sincos_1d(5, 8)
+  pos, i = 3, 1
+  omega = 1 / 10000 ** (i / 4)
+  assert table[pos, i] == pytest.approx(np.sin(pos * omega), rel=1e-6)
+  assert table[pos, 4 + i] == pytest.approx(np.cos(pos * omega), rel=1e-6)
+
+
+def _encoder(window):
+  return fmri_encoder.FmriEncoder(num_voxels=V, window=window, patch_size=P, embed_dim=32, depth=2, num_heads=4)
+
+
+def test_window_one_is_the_mbm_encoder():
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.standard_normal((3, V)), jnp.float32)
+  model = _mbm()
+  mbm_params = _init(model, x)
+  enc = _encoder(1)
+  params = nn.meta.unbox(enc.init(jax.random.PRNGKey(5), x[:, None])["params"])
+  params = fmri_encoder.init_from_mbm(params, mbm_params)
+  ours = enc.apply({"params": params}, x[:, None])
+  theirs, _ = model.apply({"params": mbm_params}, x, with_cls=False, method=model.encode)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+  assert "attn_temp" not in params["encoder"]["block_0"]
+
+
+def test_temporal_attention_mixes_only_within_a_window():
+  rng = np.random.default_rng(6)
+  x = jnp.asarray(rng.standard_normal((3, 2, V)), jnp.float32)
+  enc = _encoder(2)
+  params = nn.meta.unbox(enc.init(jax.random.PRNGKey(7), x)["params"])
+  base = np.asarray(enc.apply({"params": params}, x))
+  n = V // P
+  # Perturbing the second volume of sample 1 changes sample 1's first-volume tokens
+  # (the window is mixed) but no token of samples 0 and 2.
+  x2 = x.at[1, 1].add(1.0)
+  out = np.asarray(enc.apply({"params": params}, x2))
+  np.testing.assert_array_equal(out[[0, 2]], base[[0, 2]])
+  assert np.abs(out[1, :n] - base[1, :n]).max() > 1e-3
+
+
+def test_init_from_mbm_rejects_mismatched_widths():
+  x = jnp.zeros((1, V))
+  mbm_params = _init(_mbm(), x)
+  wide = fmri_encoder.FmriEncoder(num_voxels=V, window=2, patch_size=P, embed_dim=64, depth=2, num_heads=4)
+  params = nn.meta.unbox(wide.init(jax.random.PRNGKey(0), jnp.zeros((1, 2, V)))["params"])
+  with pytest.raises(ValueError, match="embed_dim, patch_size, mlp_ratio"):
+    fmri_encoder.init_from_mbm(params, mbm_params)
+
+
+def test_projection_head_shapes_and_residual():
+  head = fmri_encoder.ProjectionHead(out_tokens=77, out_dim=48)
+  tokens = jnp.asarray(np.random.default_rng(8).standard_normal((2, 40, 32)), jnp.float32)
+  params = nn.meta.unbox(head.init(jax.random.PRNGKey(0), tokens)["params"])
+  out = head.apply({"params": params}, tokens)
+  assert out.shape == (2, 77, 48)
+  # The residual: with fc zeroed the head is exactly channel_mapper then projection.
+  zeroed = jax.tree_util.tree_map_with_path(
+      lambda p, v: jnp.zeros_like(v) if "fc" in jax.tree_util.keystr(p) else v, params)
+  linear = np.einsum("btd,tk->bkd", tokens, params["channel_mapper"]["kernel"]) @ params["projection"]["kernel"]
+  np.testing.assert_allclose(head.apply({"params": zeroed}, tokens), linear, rtol=1e-5, atol=1e-6)
