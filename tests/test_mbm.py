@@ -120,3 +120,34 @@ def test_projection_head_shapes_and_residual():
       lambda p, v: jnp.zeros_like(v) if "fc" in jax.tree_util.keystr(p) else v, params)
   linear = np.einsum("btd,tk->bkd", tokens, params["channel_mapper"]["kernel"]) @ params["projection"]["kernel"]
   np.testing.assert_allclose(head.apply({"params": zeroed}, tokens), linear, rtol=1e-5, atol=1e-6)
+
+
+def test_per_subject_patch_embeddings():
+  rng = np.random.default_rng(9)
+  x = jnp.asarray(rng.standard_normal((4, V)), jnp.float32)
+  subject = jnp.asarray([0, 1, 2, 1])
+  model = mbm.MaskedBrainModel(num_voxels=V, patch_size=P, embed_dim=32, depth=1, num_heads=4, decoder_embed_dim=16,
+                               decoder_depth=1, decoder_num_heads=2, num_subjects=3)
+  r = jax.random.PRNGKey(0)
+  params = nn.meta.unbox(model.init({"params": r}, x, r, subject)["params"])
+  assert params["patch_embed"]["kernel"].shape == (3, P, 32)
+  tokens, _ = model.apply({"params": params}, x, subject=subject, with_cls=False, method=model.encode)
+  # Each sample's tokens use its subject's map (+ fixed positions), and only that.
+  k, b = params["patch_embed"]["kernel"], params["patch_embed"]["bias"]
+  patches = np.asarray(layers.patchify(x, P))
+  pos = layers.sincos_1d(V // P, 32)
+  for i, s in enumerate([0, 1, 2, 1]):
+    single, _ = model.apply({"params": params}, x[i:i + 1], subject=jnp.asarray([s]), with_cls=False,
+                            method=model.encode)
+    np.testing.assert_allclose(tokens[i], single[0], rtol=1e-5, atol=1e-5)
+  embedded = patches[1] @ np.asarray(k[1]) + np.asarray(b[1]) + pos
+  other = patches[1] @ np.asarray(k[0]) + np.asarray(b[0]) + pos
+  assert not np.allclose(embedded, other)
+  with pytest.raises(ValueError, match="pass the batch's subject ids"):
+    model.apply({"params": params}, x, r)
+  enc = fmri_encoder.FmriEncoder(num_voxels=V, window=2, patch_size=P, embed_dim=32, depth=1, num_heads=4,
+                                 num_subjects=3)
+  xw = jnp.stack([x, x], axis=1)
+  ep = nn.meta.unbox(enc.init(r, xw, subject=subject)["params"])
+  out = enc.apply({"params": ep}, xw, subject=subject)
+  assert out.shape == (4, 2 * V // P, 32)

@@ -38,19 +38,21 @@ class SpatioTemporalBlock(nn.Module):
   mlp_ratio: float = 1.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  norm_eps: float = layers.DEFAULT_NORM_EPS
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [B*w, N, D]."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    norm_kw = dict(kw, eps=self.norm_eps)
     bw, n, d = x.shape
-    x = x + layers.Attention(self.num_heads, name="attn", **kw)(layers.layer_norm("norm1", **kw)(x))
+    x = x + layers.Attention(self.num_heads, name="attn", **kw)(layers.layer_norm("norm1", **norm_kw)(x))
     if self.window > 1:
       b = bw // self.window
       t = x.reshape(b, self.window, n, d).transpose(0, 2, 1, 3).reshape(b * n, self.window, d)
-      t = t + layers.Attention(self.num_heads, name="attn_temp", **kw)(layers.layer_norm("norm_temp", **kw)(t))
+      t = t + layers.Attention(self.num_heads, name="attn_temp", **kw)(layers.layer_norm("norm_temp", **norm_kw)(t))
       x = t.reshape(b, n, self.window, d).transpose(0, 2, 1, 3).reshape(bw, n, d)
-    x = x + layers.Mlp(int(d * self.mlp_ratio), name="mlp", **kw)(layers.layer_norm("norm2", **kw)(x))
+    x = x + layers.Mlp(int(d * self.mlp_ratio), name="mlp", **kw)(layers.layer_norm("norm2", **norm_kw)(x))
     return nn.with_logical_constraint(x, ("act_batch", "act_tokens", "act_embed"))
 
 
@@ -63,12 +65,14 @@ class SpatioTemporalStack(nn.Module):
   remat: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  norm_eps: float = layers.DEFAULT_NORM_EPS
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     block = nn.remat(SpatioTemporalBlock) if self.remat else SpatioTemporalBlock
     for i in range(self.depth):
-      x = block(self.num_heads, self.window, self.mlp_ratio, self.dtype, self.param_dtype, name=f"block_{i}")(x)
+      x = block(self.num_heads, self.window, self.mlp_ratio, self.dtype, self.param_dtype, self.norm_eps,
+                name=f"block_{i}")(x)
     return x
 
 
@@ -106,23 +110,31 @@ class FmriEncoder(nn.Module):
   remat: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  norm_eps: float = layers.DEFAULT_NORM_EPS
+  num_subjects: int = 0    # > 0: per-subject patch embeddings (see layers.PatchEmbed)
 
   @property
   def num_patches(self) -> int:
     return self.num_voxels // self.patch_size
 
   @nn.compact
-  def __call__(self, fmri: jax.Array) -> jax.Array:
+  def __call__(self, fmri: jax.Array, token_transform=None, subject: jax.Array | None = None) -> jax.Array:
+    """`token_transform` maps the embedded tokens [B, w, N, D] before the blocks
+    (NeuralFlix's spatial masking and temporal interpolation act there)."""
     b, w, v = fmri.shape
     if w != self.window or v != self.num_voxels:
       raise ValueError(f"expected fMRI windows [B, {self.window}, {self.num_voxels}], got {fmri.shape}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     patches = layers.patchify(fmri.reshape(b * w, v), self.patch_size)
-    x = layers.dense(self.embed_dim, ("patch", "embed"), name="patch_embed", **kw)(patches.astype(self.dtype))
+    per_volume = None if subject is None else jnp.repeat(subject, w)
+    x = layers.PatchEmbed(self.embed_dim, self.num_subjects, name="patch_embed", **kw)(
+        patches.astype(self.dtype), per_volume)
     x = x + jnp.asarray(layers.sincos_1d(self.num_patches, self.embed_dim), self.dtype)[None]
+    if token_transform is not None:
+      x = token_transform(x.reshape(b, w, self.num_patches, self.embed_dim)).reshape(b * w, self.num_patches, -1)
     x = SpatioTemporalStack(self.depth, self.num_heads, self.window, self.mlp_ratio, self.remat, name="encoder",
-                            **kw)(x)
-    x = layers.layer_norm("encoder_norm", **kw)(x)
+                            norm_eps=self.norm_eps, **kw)(x)
+    x = layers.layer_norm("encoder_norm", eps=self.norm_eps, **kw)(x)
     return x.reshape(b, w * self.num_patches, self.embed_dim)
 
 
@@ -134,6 +146,7 @@ class ProjectionHead(nn.Module):
   use_norm: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  norm_eps: float = layers.DEFAULT_NORM_EPS
 
   @nn.compact
   def __call__(self, tokens: jax.Array, *, deterministic: bool = True) -> jax.Array:
@@ -146,7 +159,7 @@ class ProjectionHead(nn.Module):
     h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
     out = projected + h
     if self.use_norm:
-      out = layers.layer_norm("layer_norm", **kw)(out)
+      out = layers.layer_norm("layer_norm", eps=self.norm_eps, **kw)(out)
     return out
 
 

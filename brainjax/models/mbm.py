@@ -35,6 +35,8 @@ class MaskedBrainModel(nn.Module):
   remat: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  norm_eps: float = layers.DEFAULT_NORM_EPS
+  num_subjects: int = 0    # > 0: per-subject patch embeddings (see layers.PatchEmbed)
 
   @property
   def num_patches(self) -> int:
@@ -44,36 +46,42 @@ class MaskedBrainModel(nn.Module):
     if self.num_voxels % self.patch_size:
       raise ValueError(f"num_voxels {self.num_voxels} must be a multiple of patch_size {self.patch_size}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.patch_embed = layers.dense(self.embed_dim, ("patch", "embed"), name="patch_embed", **kw)
+    norm_kw = dict(kw, eps=self.norm_eps)
+    self.patch_embed = layers.PatchEmbed(self.embed_dim, self.num_subjects, name="patch_embed", **kw)
     self.cls_token = self.param("cls_token", nn.with_logical_partitioning(
         nn.initializers.normal(0.02), (None, None, "embed")), (1, 1, self.embed_dim), self.param_dtype)
-    self.encoder = layers.Stack(self.depth, self.num_heads, self.mlp_ratio, self.remat, name="encoder", **kw)
-    self.encoder_norm = layers.layer_norm("encoder_norm", **kw)
+    self.encoder = layers.Stack(self.depth, self.num_heads, self.mlp_ratio, self.remat, name="encoder",
+                                norm_eps=self.norm_eps, **kw)
+    self.encoder_norm = layers.layer_norm("encoder_norm", **norm_kw)
     self.decoder_embed = layers.dense(self.decoder_embed_dim, ("embed", None), name="decoder_embed", **kw)
     self.mask_token = self.param("mask_token", nn.with_logical_partitioning(
         nn.initializers.normal(0.02), (None, None, "embed")), (1, 1, self.decoder_embed_dim), self.param_dtype)
     self.decoder = layers.Stack(self.decoder_depth, self.decoder_num_heads, self.decoder_mlp_ratio, self.remat,
-                                name="decoder", **kw)
-    self.decoder_norm = layers.layer_norm("decoder_norm", **kw)
+                                name="decoder", norm_eps=self.norm_eps, **kw)
+    self.decoder_norm = layers.layer_norm("decoder_norm", **norm_kw)
     self.decoder_pred = layers.dense(self.patch_size, ("embed", "patch"), name="decoder_pred", **kw)
 
   def encode(self, voxels: jax.Array, *, mask_rng: jax.Array | None = None, mask_ratio: float | None = None,
-             with_cls: bool = True):
+             with_cls: bool = True, subject: jax.Array | None = None):
     """[B, V] -> (tokens [B, 1 + kept, D], restore permutation or None).
 
     Without `mask_rng` nothing is masked. `with_cls=False` drops the cls token,
     which is how MindVideo's encoder reads an MBM checkpoint (and what a window-1
     `FmriEncoder` computes).
     """
-    patches = layers.patchify(voxels, self.patch_size)
-    x = self.patch_embed(patches.astype(self.dtype))
-    x = x + jnp.asarray(layers.sincos_1d(self.num_patches, self.embed_dim), self.dtype)[None]
+    patches = layers.patchify(voxels, self.patch_size).astype(self.dtype)
+    positions = jnp.broadcast_to(jnp.asarray(layers.sincos_1d(self.num_patches, self.embed_dim), self.dtype)[None],
+                                 (patches.shape[0], self.num_patches, self.embed_dim))
     restore = None
     if mask_rng is not None:
       ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-      num_keep = max(1, int(round(self.num_patches * (1.0 - ratio))))
-      keep, restore = layers.keep_indices(mask_rng, x.shape[0], self.num_patches, num_keep)
-      x = layers.take_tokens(x, keep)
+      num_keep = layers.num_kept(self.num_patches, ratio)
+      keep, restore = layers.keep_indices(mask_rng, patches.shape[0], self.num_patches, num_keep)
+      # Dropping patches before embedding them gives the same tokens as MAE's embed-then-drop (the
+      # embedding and the positions act per patch) for a quarter of the work, and the gather acts on
+      # inputs and constants, so its backward pass (a scatter) disappears.
+      patches, positions = layers.take_tokens(patches, keep), layers.take_tokens(positions, keep)
+    x = self.patch_embed(patches, subject) + positions
     if with_cls:
       cls = jnp.broadcast_to(self.cls_token.astype(self.dtype), (x.shape[0], 1, self.embed_dim))
       x = jnp.concatenate([cls, x], axis=1)
@@ -91,9 +99,9 @@ class MaskedBrainModel(nn.Module):
     x = self.decoder_norm(self.decoder(x))
     return self.decoder_pred(x[:, 1:]).astype(jnp.float32)
 
-  def __call__(self, voxels: jax.Array, mask_rng: jax.Array) -> dict[str, jax.Array]:
+  def __call__(self, voxels: jax.Array, mask_rng: jax.Array, subject: jax.Array | None = None) -> dict[str, jax.Array]:
     """Masked reconstruction: predictions, targets, the mask (1 = masked) and the loss."""
-    tokens, restore = self.encode(voxels, mask_rng=mask_rng)
+    tokens, restore = self.encode(voxels, mask_rng=mask_rng, subject=subject)
     pred = self.decode(tokens, restore)
     target = layers.patchify(voxels, self.patch_size).astype(jnp.float32)
     kept = tokens.shape[1] - 1
@@ -111,12 +119,18 @@ def model_config(**overrides: Any) -> ml_collections.ConfigDict:
   """MinD-Vis / MinD-Video SC-MBM sizes: encoder 24 x 1024, 16 heads; decoder 8 x 512, 16 heads; mlp ratio 1.0 in both (MAEforFMRI shares it)."""
   base = dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=1.0, decoder_embed_dim=512,
               decoder_depth=8, decoder_num_heads=16, decoder_mlp_ratio=1.0, mask_ratio=0.75, remat=False,
-              dtype="float32")
+              # Subjects with different voxel counts are wrap-padded to one length (MinD-Video);
+              # True also gives each subject its own patch embedding (see layers.PatchEmbed).
+              per_subject_patch_embed=False,
+              dtype="float32", norm_eps=layers.DEFAULT_NORM_EPS)
   base.update(overrides)
   return ml_collections.ConfigDict(base)
 
 
-def build(model: ml_collections.ConfigDict, num_voxels: int) -> MaskedBrainModel:
+def build(model: ml_collections.ConfigDict, num_voxels: int, num_subjects: int = 0) -> MaskedBrainModel:
+  """`num_subjects`: how many subjects the dataset has (used when per_subject_patch_embed is set)."""
   kwargs = model.to_dict()
   dtype = jnp.dtype(kwargs.pop("dtype"))
-  return MaskedBrainModel(num_voxels=num_voxels, dtype=dtype, **kwargs)
+  per_subject = kwargs.pop("per_subject_patch_embed", False)
+  return MaskedBrainModel(num_voxels=num_voxels, dtype=dtype, num_subjects=num_subjects if per_subject else 0,
+                          **kwargs)
