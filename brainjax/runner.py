@@ -43,7 +43,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if name not in config:
       raise cfg.ConfigError(f"config.{name} is missing: stage {name!r} is listed in config.stages but the "
                             "recipe has no settings for it.")
-    stage.validate(config)
+    stage.validate(config, name)
+
+
+def stage_fingerprint(config: ml_collections.ConfigDict, name: str) -> str:
+  """Canonical JSON of the settings stage `name`'s outputs depend on.
+
+  A stage module may narrow it with `fingerprint(config, name) -> dict` (e.g.
+  MBM does not depend on the fMRI window of later stages); by default it is
+  its CONFIG_KEYS plus its own `config.<name>`.
+  """
+  stage = stages.get_stage(name)
+  if hasattr(stage, "fingerprint"):
+    return json.dumps(stage.fingerprint(config, name), sort_keys=True, default=str)
+  return cfg.subtree_json(config, (*stage.CONFIG_KEYS, name))
 
 
 def _check_stage_config(stage_dir: epath.Path, fingerprint: str, name: str) -> None:
@@ -86,7 +99,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
     stage = stages.get_stage(name)
     ctx = stages.StageContext(name=name, config=config, workdir=workdir, mesh=mesh)
     done = ctx.stage_dir / "DONE.json"
-    _check_stage_config(ctx.stage_dir, cfg.subtree_json(config, stage.CONFIG_KEYS), name)
+    _check_stage_config(ctx.stage_dir, stage_fingerprint(config, name), name)
     if done.exists():
       logging.info("stage %s: already done (%s), skipping", name, done)
       summaries[name] = json.loads(done.read_text())

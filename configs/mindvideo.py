@@ -1,17 +1,31 @@
 r"""MinD-Video ("Cinematic Mindscapes", Chen, Qing & Zhou, NeurIPS 2023).
 
   python -m brainjax.main --config=configs/mindvideo.py:demo --workdir=/tmp/mindvideo_demo
-  python -m brainjax.main --config=configs/mindvideo.py --workdir=gs://BUCKET/mindvideo
+  python -m brainjax.main --config=configs/mindvideo.py --workdir=gs://BUCKET/mindvideo \
+      --config.clip_embed.text_path=gs://BUCKET/weights/clip-vit-large-patch14 \
+      --config.clip_embed.vision_path=gs://BUCKET/weights/clip-vit-large-patch14
 
-Stages so far: `mbm_pretrain` (SC-MBM: masked brain modelling on resting-state
-fMRI). The encoder alignment, the inflated Stable Diffusion, co-training and
-evaluation stages are added to `stages` as they land.
+Stages so far:
+  mbm_pretrain  SC-MBM: masked brain modelling on resting-state fMRI
+  mbm_finetune  the same on the target dataset's fMRI (stage A2), from mbm_pretrain
+  clip_fit      (demo only) a small CLIP trained on the synthetic frames and captions
+  clip_embed    CLIP embeddings of every caption and frame, cached once
+  align         the windowed spatio-temporal encoder (from MBM) contrasted with
+                CLIP text and image embeddings
+The inflated Stable Diffusion, co-training and evaluation stages are added as they land.
 
 Presets:
   paper  the paper's sizes: ViT 24 x 1024 (16 heads, mlp ratio 1), decoder
          8 x 512, mask 0.75, AdamW lr 2.5e-4 (0.9, 0.95), wd 0.05, clip 0.8,
-         batch 500, 40 warm-up epochs + cosine.
-  demo   the built-in synthetic benchmark with a small model: minutes on a laptop CPU.
+         batch 500, 40 warm-up epochs + cosine; window 2, projection to 77 x 768,
+         20% sparsification, dropout 0.6, text + image contrastive loss.
+  demo   the built-in synthetic benchmark with small models: minutes on a laptop CPU.
+
+Ablations of Table 1 (command-line overrides):
+  window size        --config.data.window=1 (or 3)
+  contrastive loss   --config.align.modalities="('text',)"  /  "('image',)"
+                     none: --config.stages="('mbm_pretrain','clip_fit','clip_embed')"
+  subject            --config.data.subjects="(1,)"
 """
 
 import ml_collections
@@ -19,36 +33,70 @@ import ml_collections
 from brainjax import config as cfg
 from brainjax.data.pipeline import data_config
 from brainjax.models.mbm import model_config
-from brainjax.stages import mbm_pretrain
+from brainjax.stages import align, clip_embed, clip_fit, mbm_pretrain
 from brainjax.train.optim import optim_config
+
+
+def _finetune(pretrain: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
+  """MBM fine-tuning on the target subject's own training fMRI (single TRs, each repeat)."""
+  stage = ml_collections.ConfigDict(pretrain.to_dict())
+  stage.update(split="train", init_from="stage:mbm_pretrain", **overrides)
+  stage.data_overrides.update(temporal_average=1, stride=1, hrf_shift_trs=0)
+  del stage.data_overrides["subjects"]
+  if "name" in stage.data_overrides:
+    del stage.data_overrides["name"]
+  return stage
 
 
 def paper() -> ml_collections.ConfigDict:
   config = cfg.base_config()
-  config.stages = ["mbm_pretrain"]
+  config.stages = ["mbm_pretrain", "mbm_finetune", "clip_embed", "align"]
   # cc2017 (Wen et al. 2018) for the video stages, HCP resting state for MBM.
-  # Their builders are not in this version yet: validation says so and names
-  # the override that runs the paper sizes on the synthetic benchmark instead.
-  config.data = data_config(name="cc2017", builder_config="full256", subjects=[0], window=2, hrf_shift_trs=2)
+  # Their builders are not in this version yet: validation says so.
+  config.data = data_config(name="cc2017", builder_config="full256", subjects=[0], window=2, hrf_shift_trs=2,
+                            voxel_padding="wrap")
   config.mbm_pretrain = mbm_pretrain.stage_config()
   config.mbm_pretrain.data_overrides.name = "hcp"
   config.mbm_pretrain.data_overrides.subjects = [0, 1, 2]
   # The paper warms up for 40 epochs: warmup_steps = 40 * windows_per_epoch / batch_size;
   # 4000 assumes ~50k HCP windows (the build summary prints the count).
   config.mbm_pretrain.optim.warmup_steps = 4_000
+  config.mbm_finetune = _finetune(config.mbm_pretrain)
+  # openai/clip-vit-large-patch14 (what SD 1.5 conditions on): set both paths.
+  config.clip_embed = clip_embed.stage_config(text_path="", vision_path="")
+  config.align = align.stage_config(init_from="stage:mbm_finetune")
   return config
 
 
 def demo() -> ml_collections.ConfigDict:
   config = cfg.base_config()
-  config.stages = ["mbm_pretrain"]
-  config.data = data_config(builder_config="demo", subjects=[0], window=2, hrf_shift_trs=2)
+  config.stages = ["mbm_pretrain", "mbm_finetune", "clip_fit", "clip_embed", "align"]
+  config.data = data_config(builder_config="demo", subjects=[0], window=2, hrf_shift_trs=2, voxel_padding="wrap")
+  encoder = dict(embed_dim=128, depth=4, num_heads=4, mlp_ratio=1.0)
   config.mbm_pretrain = mbm_pretrain.stage_config(
-      model=model_config(embed_dim=128, depth=4, num_heads=4, mlp_ratio=1.0, decoder_embed_dim=64,
-                         decoder_depth=2, decoder_num_heads=4),
+      model=model_config(**encoder, decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4),
       optim=optim_config(lr=1e-3, warmup_steps=50),
-      batch_size=64, num_steps=600, log_every_steps=50, checkpoint_every_steps=200)
+      batch_size=32, num_steps=500, log_every_steps=50, checkpoint_every_steps=250)
   config.mbm_pretrain.data_overrides.subjects = [0, 1, 2]
+  config.mbm_finetune = _finetune(config.mbm_pretrain, num_steps=200)
+  config.clip_fit = clip_fit.stage_config()
+  config.clip_embed = clip_embed.stage_config()
+  config.align = align.stage_config(
+      init_from="stage:mbm_finetune",
+      encoder=dict(patch_size=16, remat=False, **encoder),
+      head=dict(out_tokens=77, out_dim=64, dropout=0.6, use_norm=False),
+      optim=optim_config(lr=3e-4, weight_decay=0.05, warmup_steps=30, grad_clip_norm=1.0),
+      batch_size=32, num_steps=300, log_every_steps=50, checkpoint_every_steps=150)
+  # python -m brainjax.ablate --config=configs/mindvideo.py:demo --workdir=DIR runs these.
+  config.ablations = ml_collections.ConfigDict({
+      "window1": ["data.window=1"],
+      "window3": ["data.window=3"],
+      "text_only": ["align.modalities=('text',)"],
+      "image_only": ["align.modalities=('image',)"],
+      "no_sparsify": ["align.sparsify_rate=0.0"],
+      "neuralflix_aug": ["align.spatial_mask_ratio=0.2", "align.temporal_interp_ratio=0.3333",
+                         "align.mu_spa=1.0", "align.mu_tem=1.0", "align.emb_reduction='sum'"],
+  })
   return config
 
 

@@ -1,10 +1,10 @@
 """A stage with no training, for testing the runner's workdir handling."""
 
-CONFIG_KEYS = ("seed", "echo")
+CONFIG_KEYS = ("seed",)
 
 
-def validate(config):
-  del config
+def validate(config, name):
+  del config, name
 
 
 def run(ctx):

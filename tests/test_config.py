@@ -60,6 +60,19 @@ def test_paper_preset_names_the_missing_datasets():
     ("data.builder_config", "huge", r"config.data.builder_config = 'huge'"),
     ("mesh.data", 3, r"needs 3 devices"),
     ("seed", -1, r"config.seed = -1"),
+    ("clip_embed.text_path", "", r"config.clip_embed.text_path is empty"),
+    ("stages", ["mbm_pretrain", "mbm_finetune", "clip_embed", "align"],
+     r"needs stage 'clip_fit' to run before 'clip_embed'"),
+    ("stages", ["clip_fit", "clip_embed", "align"], r"init_from = 'stage:mbm_finetune' needs stage"),
+    ("stages", ["mbm_finetune", "clip_fit", "clip_embed"], r"init_from = 'stage:mbm_pretrain' needs stage"),
+    ("stages", ["mbm_pretrain", "mbm_finetune", "clip_fit", "align"], r"put 'clip_embed' before it"),
+    ("mbm_finetune.split", "rest2", r"config.mbm_finetune.split = 'rest2'"),
+    ("align.modalities", ("txt",), r"entries must be 'text' or 'image'"),
+    ("align.modalities", (), r"config.align has no loss"),
+    ("align.temperature", -1.0, r"config.align.temperature = -1.0"),
+    ("align.head.dropout", 1.5, r"config.align.head.dropout = 1.5"),
+    ("align.emb_reduction", "max", r"config.align.emb_reduction = 'max'"),
+    ("clip_fit.vision.projection_dim", 32, r"projection_dim must be equal"),
 ])
 def test_bad_values_name_the_field(path, value, message):
   config = _load("demo")

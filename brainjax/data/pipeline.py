@@ -23,6 +23,8 @@ otherwise the pipeline refuses to mix them.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,6 +95,14 @@ def synthetic_builder_config(data: ml_collections.ConfigDict):
 
 def load_builder(data: ml_collections.ConfigDict, *, prepare: bool = True):
   """The TFDS builder named by `config.data`, generated on first use."""
+  return _load_builder(data.to_json(sort_keys=True) if hasattr(data, "to_json") else json.dumps(data), prepare)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_builder(data_json: str, prepare: bool):
+  # Cached: stages build several sources from one dataset; TFDS re-reads its
+  # metadata (and warns about custom configs) on every construction.
+  data = ml_collections.ConfigDict(json.loads(data_json))
   _check_dataset_name(data.name)
   from data_builders import synthetic as synthetic_builder
 
@@ -125,6 +135,7 @@ class FmriWindowSource:
     self._spec = spec
     self._split = split
     voxels = [s["num_voxels"] for s in metadata["subjects"]]
+    self.dataset_subjects = len(voxels)
     for s in subjects:
       if not 0 <= s < len(voxels):
         raise ConfigError(f"config.data.subjects contains {s}; this dataset has subjects 0..{len(voxels) - 1}.")
@@ -186,6 +197,7 @@ class FmriWindowSource:
     fmri = fit_voxels(fmri, self.num_voxels)
     stim_record = self._records[stim]
     return {
+        "record": np.int64(stim),  # index of the stimulus TR: the key into per-TR caches (CLIP embeddings)
         "fmri": fmri.astype(np.float32),
         "frames": stim_record["frames"],
         "caption": _text(stim_record["caption"]),
@@ -194,6 +206,29 @@ class FmriWindowSource:
         "repeat": np.int32(repeat),
         "labels": {k: np.int32(stim_record["labels"][k]) for k in LABEL_KEYS},
     }
+
+
+class StimulusSource:
+  """The stimulus TRs of a split without fMRI (for training and caching the CLIP towers)."""
+
+  def __init__(self, records):
+    self._records = records
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    record = self._records[i]
+    return {"record": np.int64(i), "frames": record["frames"], "caption": _text(record["caption"]),
+            "clip_id": np.int64(record["clip_id"]),
+            "labels": {k: np.int32(record["labels"][k]) for k in LABEL_KEYS}}
+
+
+def make_stimulus_source(data: ml_collections.ConfigDict, split: str) -> StimulusSource:
+  if split == "rest":
+    raise ConfigError("the rest split has no stimulus; use 'train' or 'test'.")
+  builder = load_builder(data)
+  return StimulusSource(builder.as_data_source(split=split))
 
 
 def _text(value: Any) -> str:

@@ -1,9 +1,11 @@
 """Stages: the steps of a recipe, run in `config.stages` order.
 
-A stage is a module with
+A stage is a module (one module may serve several stage names, reading
+`config.<name>`) with
 
-  CONFIG_KEYS: tuple[str, ...]    config fields its outputs depend on
-  validate(config) -> None        raise ConfigError early
+  CONFIG_KEYS: tuple[str, ...]    shared config fields its outputs depend on
+                                  (its own `config.<name>` always counts)
+  validate(config, name) -> None  raise ConfigError early
   run(ctx: StageContext) -> dict  do the work, return a JSON-able summary
 
 Each stage reads what earlier stages wrote in the workdir and writes under
@@ -26,6 +28,10 @@ from brainjax.config import ConfigError
 # name -> module path. Imported lazily: a recipe pays only for the stages it runs.
 REGISTRY: dict[str, str] = {
     "mbm_pretrain": "brainjax.stages.mbm_pretrain",
+    "mbm_finetune": "brainjax.stages.mbm_pretrain",  # the same stage on target-dataset fMRI
+    "clip_fit": "brainjax.stages.clip_fit",
+    "clip_embed": "brainjax.stages.clip_embed",
+    "align": "brainjax.stages.align",
 }
 
 
@@ -48,6 +54,14 @@ class StageContext:
           f"stage {self.name!r} needs the outputs of stage {stage!r}, but {path}/DONE.json does not exist; "
           f"add {stage!r} before {self.name!r} in config.stages or point --workdir at a run that has it.")
     return path
+
+
+def resolve_path(ctx: "StageContext", path: str) -> epath.Path:
+  """'stage:<name>/<sub>' is <workdir>/<name>/<sub> of a finished stage; anything else is a path."""
+  if path.startswith("stage:"):
+    stage, _, sub = path[len("stage:"):].partition("/")
+    return ctx.output_of(stage) / sub
+  return epath.Path(path).expanduser()
 
 
 def get_stage(name: str) -> types.ModuleType:

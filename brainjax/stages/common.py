@@ -8,7 +8,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -33,6 +32,49 @@ def stage_data_config(config: ml_collections.ConfigDict, stage: str) -> ml_colle
   return data
 
 
+DATASET_IDENTITY = ("name", "builder_config", "data_dir", "spec")
+
+
+def dataset_fingerprint(config: ml_collections.ConfigDict, name: str) -> dict:
+  """For stages that read only the stimuli: which dataset, not how fMRI is windowed."""
+  return {"seed": config.seed, "dataset": {k: config.data.get(k) for k in DATASET_IDENTITY},
+          name: config[name].to_dict()}
+
+
+def effective_data_fingerprint(config: ml_collections.ConfigDict, name: str) -> dict:
+  """For stages whose `data_overrides` decide the fMRI they read."""
+  return {"seed": config.seed, "data": stage_data_config(config, name).to_dict(), name: config[name].to_dict()}
+
+
+def validate_init_from(config: ml_collections.ConfigDict, stage: str) -> None:
+  """`config.<stage>.init_from = 'stage:<earlier>'` must name a stage that runs earlier."""
+  init_from = config[stage].get("init_from", "")
+  if init_from and init_from.startswith("stage:"):
+    source = init_from[len("stage:"):].split("/")[0]
+    if source not in config.stages or config.stages.index(source) > config.stages.index(stage):
+      raise cfg.ConfigError(f"config.{stage}.init_from = {init_from!r} needs stage {source!r} before {stage!r} "
+                            "in config.stages.")
+
+
+def overlay_params(target: Any, source: Any, path: tuple[str, ...] = ()) -> Any:
+  """`target` with every leaf that `source` also has replaced by source's (shapes must agree)."""
+  if not isinstance(target, dict):
+    if tuple(source.shape) != tuple(target.shape):
+      raise ValueError(f"parameter {'/'.join(path)} has shape {tuple(source.shape)} in the checkpoint but "
+                       f"{tuple(target.shape)} in the model; the two model configs differ.")
+    return source
+  return {k: overlay_params(v, source[k], path + (k,)) if k in source else v for k, v in target.items()}
+
+
+def initial_params_from(ctx: StageContext, init_from: str) -> Callable[[Any], Any] | None:
+  """Params of an earlier stage (`stage:<name>`) or directory overlaid on a fresh init, or None."""
+  if not init_from:
+    return None
+  from brainjax.stages import resolve_path
+  source, _ = load_params(resolve_path(ctx, init_from))
+  return lambda params: overlay_params(params, source)
+
+
 def validate_train(config: ml_collections.ConfigDict, stage: str) -> None:
   """The fields every training stage has."""
   from brainjax.train.optim import validate_optim
@@ -45,9 +87,7 @@ def validate_train(config: ml_collections.ConfigDict, stage: str) -> None:
                           f"config.{stage}.num_steps = {config[stage].num_steps}.")
   rules = shd.rules_from_config(config.logical_axis_rules)
   mesh_sizes = dict(zip(shd.MESH_AXES, shd.mesh_shape(config.mesh.to_dict(), jax.device_count())))
-  batch_axes = dict(rules).get("batch", ())
-  divisor = int(np.prod([mesh_sizes[a] for a in (batch_axes if isinstance(batch_axes, tuple) else (batch_axes,))
-                         if a is not None]))
+  divisor = shd.batch_divisor(mesh_sizes, rules)
   if config[stage].batch_size % divisor:
     raise cfg.ConfigError(f"config.{stage}.batch_size = {config[stage].batch_size} must be a multiple of the "
                           f"{divisor} devices the batch is split over (mesh {mesh_sizes}).")
@@ -60,8 +100,14 @@ def train(
     loss_fn,
     iterator,
     batch_keys: tuple[str, ...],
+    initial_params: Callable[[Any], Any] | None = None,
 ) -> TrainState:
-  """Builds the sharded state, resumes if possible, and runs the loop to `num_steps`."""
+  """Builds the sharded state, resumes if possible, and runs the loop to `num_steps`.
+
+  `initial_params(params) -> params` replaces freshly initialised parameters
+  (e.g. with an earlier stage's weights) before the first step; a resumed run
+  takes everything from its checkpoint instead.
+  """
   stage = ctx.config[ctx.name]
   rules = shd.rules_from_config(ctx.config.logical_axis_rules)
   state, shardings, tx = create_train_state(
@@ -71,6 +117,8 @@ def train(
   step_fn = make_train_step(loss_fn, tx, shardings, {k: batch_sharding for k in batch_keys}, ctx.mesh, rules)
   checkpointer = Checkpointer(ctx.stage_dir / "checkpoints", every_steps=stage.checkpoint_every_steps,
                               keep=stage.keep_checkpoints)
+  if initial_params is not None:
+    state = state.replace(params=jax.device_put(initial_params(jax.device_get(state.params)), shardings.params))
   state = restore_or_init(state, shardings, checkpointer, iterator)
   writer = create_writer(ctx.stage_dir / "metrics")
   writer.write_hparams(stage.to_dict())

@@ -1,11 +1,13 @@
-"""Stage `mbm_pretrain`: masked brain modelling on resting-state (or any) fMRI.
+"""Stages `mbm_pretrain` and `mbm_finetune`: masked brain modelling.
 
-Reads `config.data` (with `config.mbm_pretrain.data_overrides`, by default the
-resting-state split averaged over ~8 s, all subjects wrap-padded to one
-length), trains `MaskedBrainModel`, and writes `mbm_pretrain/params` plus
-`model.json`. At the end it reports how well masked patches of held-out test
-fMRI are reconstructed (mean Pearson r between predicted and true voxels of
-masked patches), the number MinD-Vis tracks during pretraining.
+`mbm_pretrain` reads `config.data` with `config.mbm_pretrain.data_overrides`
+(by default the resting-state split averaged over ~8 s, all subjects
+wrap-padded to one length: the HCP stand-in). `mbm_finetune` is the same
+stage on the target dataset's own fMRI (MinD-Video's stage A2), starting from
+`init_from` (the pretrained weights). Each trains `MaskedBrainModel` and writes
+`<stage>/params` plus `model.json`, and reports how well masked patches of
+held-out test fMRI are reconstructed (mean Pearson r between predicted and
+true voxels of masked patches), the number MinD-Vis tracks.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ from brainjax.stages import StageContext
 from brainjax.stages import common
 from brainjax.train.optim import optim_config
 
-CONFIG_KEYS = ("seed", "data", "mbm_pretrain")
+CONFIG_KEYS = ("seed", "data")
+fingerprint = common.effective_data_fingerprint
 
 
 def stage_config(**overrides) -> ml_collections.ConfigDict:
   """`config.mbm_pretrain` at the paper's settings; recipes override what differs."""
   stage = ml_collections.ConfigDict(dict(
       split="rest",
+      init_from="",                        # 'stage:mbm_pretrain' for mbm_finetune
       # MBM reads single volumes averaged over ~8 s (4 TRs of 2 s), non-overlapping,
       # every subject wrap-padded to one length (MinD-Vis lineage).
       data_overrides=dict(window=1, hrf_shift_trs=0, temporal_average=4, stride=4, voxel_padding="wrap",
@@ -45,48 +49,62 @@ def stage_config(**overrides) -> ml_collections.ConfigDict:
   return stage
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  data = common.stage_data_config(config, "mbm_pretrain")
-  cfg.require_choice(config, "mbm_pretrain.split", ("rest", "train"))
-  pipeline.validate_data(ml_collections.ConfigDict({"data": data}), splits=(config.mbm_pretrain.split, "test"))
-  common.validate_train(config, "mbm_pretrain")
+def validate(config: ml_collections.ConfigDict, name: str = "mbm_pretrain") -> None:
+  data = common.stage_data_config(config, name)
+  cfg.require_choice(config, f"{name}.split", ("rest", "train"))
+  pipeline.validate_data(ml_collections.ConfigDict({"data": data}), splits=(config[name].split, "test"))
+  common.validate_train(config, name)
   if data.window != 1:
-    raise cfg.ConfigError(f"config.mbm_pretrain.data_overrides.window = {data.window}: MBM reads single "
+    raise cfg.ConfigError(f"config.{name}.data_overrides.window = {data.window}: MBM reads single "
                           "volumes; set it to 1.")
-  model = config.mbm_pretrain.model
+  model = config[name].model
   for field in ("patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
                 "decoder_num_heads"):
-    cfg.require_positive_int(config, f"mbm_pretrain.model.{field}")
-  cfg.require_in_range(config, "mbm_pretrain.model.mask_ratio", 0.0, 0.99)
+    cfg.require_positive_int(config, f"{name}.model.{field}")
+  cfg.require_in_range(config, f"{name}.model.mask_ratio", 0.0, 0.99)
   if model.embed_dim % model.num_heads or model.decoder_embed_dim % model.decoder_num_heads:
-    raise cfg.ConfigError("config.mbm_pretrain.model: embed_dim must be divisible by num_heads and "
+    raise cfg.ConfigError(f"config.{name}.model: embed_dim must be divisible by num_heads and "
                           "decoder_embed_dim by decoder_num_heads.")
   if data.pad_multiple % model.patch_size:
     raise cfg.ConfigError(f"config.data.pad_multiple = {data.pad_multiple} must be a multiple of "
-                          f"config.mbm_pretrain.model.patch_size = {model.patch_size}.")
+                          f"config.{name}.model.patch_size = {model.patch_size}.")
+  common.validate_init_from(config, name)
 
 
-def run(ctx: StageContext) -> dict:
-  stage = ctx.config.mbm_pretrain
-  data = common.stage_data_config(ctx.config, "mbm_pretrain")
-  source = pipeline.make_source(data, stage.split)
-  model = mbm.build(stage.model, source.num_voxels)
-  dummy = jnp.zeros((1, source.num_voxels), jnp.float32)
+def model_and_loss(config: ml_collections.ConfigDict, num_voxels: int, name: str = "mbm_pretrain",
+                   num_subjects: int = 1):
+  """(model, init_variables, loss_fn, batch ShapeDtypeStructs): what training and planning share."""
+  stage = config[name]
+  model = mbm.build(stage.model, num_voxels, num_subjects)
+  dummy = jnp.zeros((1, num_voxels), jnp.float32)
+  per_subject = bool(model.num_subjects)
 
   def init_variables(rng):
     params_rng, mask_rng = jax.random.split(rng)
-    return model.init({"params": params_rng}, dummy, mask_rng)
+    return model.init({"params": params_rng}, dummy, mask_rng, jnp.zeros((1,), jnp.int32) if per_subject else None)
 
   def loss_fn(params, model_state, batch, rng):
-    out = model.apply({"params": params}, batch["fmri"][:, 0], rng)
+    out = model.apply({"params": params}, batch["fmri"][:, 0], rng, batch["subject"] if per_subject else None)
     return out["loss"], ({}, model_state)
 
+  batch = {"fmri": jax.ShapeDtypeStruct((stage.batch_size, 1, num_voxels), jnp.float32)}
+  if per_subject:
+    batch["subject"] = jax.ShapeDtypeStruct((stage.batch_size,), jnp.int32)
+  return model, init_variables, loss_fn, batch
+
+
+def run(ctx: StageContext) -> dict:
+  stage = ctx.config[ctx.name]
+  data = common.stage_data_config(ctx.config, ctx.name)
+  source = pipeline.make_source(data, stage.split)
+  model, init_variables, loss_fn, batch = model_and_loss(ctx.config, source.num_voxels, ctx.name,
+                                                         source.dataset_subjects)
   iterator = pipeline.make_iterator(source, batch_size=stage.batch_size, seed=ctx.config.seed)
   state = common.train(ctx, init_variables=init_variables, loss_fn=loss_fn, iterator=iterator,
-                       batch_keys=("fmri",))
+                       batch_keys=tuple(batch), initial_params=common.initial_params_from(ctx, stage.init_from))
   params = jax.device_get(state.params)
   common.save_params(ctx.stage_dir, params, {"kind": "mbm", "num_voxels": source.num_voxels,
-                                             "model": stage.model.to_dict()})
+                                             "num_subjects": model.num_subjects, "model": stage.model.to_dict()})
   test = pipeline.make_source(data, "test")
   corr = masked_patch_correlation(model, params, test, seed=ctx.config.seed)
   return {"steps": int(jax.device_get(state.step)), "num_voxels": source.num_voxels,
@@ -96,12 +114,13 @@ def run(ctx: StageContext) -> dict:
 def masked_patch_correlation(model: mbm.MaskedBrainModel, params, source, *, seed: int,
                              max_examples: int = 512, batch_size: int = 64) -> float:
   """Mean over samples of Pearson r between predicted and true voxels of the masked patches."""
-  apply = jax.jit(lambda p, x, r: model.apply({"params": p}, x, r))
+  apply = jax.jit(lambda p, x, r, s: model.apply({"params": p}, x, r, s if model.num_subjects else None))
   n = min(len(source), max_examples)
   rs = []
   for start in range(0, n, batch_size):
-    x = np.stack([source[i]["fmri"][0] for i in range(start, min(n, start + batch_size))])
-    out = jax.device_get(apply(params, x, jax.random.PRNGKey(seed + start)))
+    exs = [source[i] for i in range(start, min(n, start + batch_size))]
+    x = np.stack([e["fmri"][0] for e in exs])
+    out = jax.device_get(apply(params, x, jax.random.PRNGKey(seed + start), np.stack([e["subject"] for e in exs])))
     for pred, target, mask in zip(out["pred"], out["target"], out["mask"]):
       masked = mask.astype(bool)
       rs.append(np.corrcoef(pred[masked].ravel(), target[masked].ravel())[0, 1])

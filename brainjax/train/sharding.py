@@ -104,11 +104,11 @@ def batch_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> NamedShardin
   return NamedSharding(mesh, P(axes))
 
 
-def batch_divisor(mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> int:
-  """How many ways the global batch is split; global batch sizes must be multiples."""
+def batch_divisor(mesh_sizes: Mapping[str, int], rules: Sequence[tuple[str, Any]]) -> int:
+  """How many ways the global batch is split (mesh axis sizes by name); batch sizes must be multiples."""
   axes = dict(rules).get("batch", ("data", "fsdp"))
   axes = axes if isinstance(axes, tuple) else (axes,)
-  return int(np.prod([mesh.shape[a] for a in axes if a is not None]))
+  return int(np.prod([mesh_sizes[a] for a in axes if a is not None]))
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

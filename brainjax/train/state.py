@@ -41,21 +41,23 @@ def _split_variables(variables: Any) -> tuple[Any, Any]:
   return params, variables
 
 
-def create_train_state(
+def plan_train_state(
     init_variables: Callable[[jax.Array], Any],
     make_tx: Callable[[Any], optax.GradientTransformation],
     rng: jax.Array,
     mesh: Mesh,
     rules: Sequence[tuple[str, Any]],
-) -> tuple[TrainState, TrainState, optax.GradientTransformation]:
-  """Builds the state directly in its sharded layout.
+) -> tuple[Callable[[jax.Array], TrainState], TrainState, TrainState, optax.GradientTransformation]:
+  """Everything about the state without allocating it.
 
   Args:
     init_variables: rng -> flax variables ({'params': ..., other collections}),
       possibly boxed with logical partitioning metadata.
     make_tx: abstract params -> optimizer (needs paths for trainable masks).
   Returns:
-    (state, state_shardings, tx).
+    (init, abstract_state, state_shardings, tx): `init(rng)` builds the real
+    state; `abstract_state` holds ShapeDtypeStructs with their shardings (what
+    ahead-of-time compilation and checkpoint restores need).
   """
   init_rng, state_rng = jax.random.split(rng)
   with nn.logical_axis_rules(rules):
@@ -82,8 +84,20 @@ def create_train_state(
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       model_state=model_state, rng=state_rng)
 
-  state = jax.jit(init, out_shardings=state_shardings)(init_rng)
-  return state, state_shardings, tx
+  abstract = abstract_state(state_shardings, jax.eval_shape(init, init_rng))
+  return (lambda: jax.jit(init, out_shardings=state_shardings)(init_rng)), abstract, state_shardings, tx
+
+
+def create_train_state(
+    init_variables: Callable[[jax.Array], Any],
+    make_tx: Callable[[Any], optax.GradientTransformation],
+    rng: jax.Array,
+    mesh: Mesh,
+    rules: Sequence[tuple[str, Any]],
+) -> tuple[TrainState, TrainState, optax.GradientTransformation]:
+  """Builds the state directly in its sharded layout: (state, state_shardings, tx)."""
+  init, _, state_shardings, tx = plan_train_state(init_variables, make_tx, rng, mesh, rules)
+  return init(), state_shardings, tx
 
 
 def abstract_state(state_shardings: TrainState, state: TrainState) -> TrainState:

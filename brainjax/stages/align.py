@@ -1,0 +1,234 @@
+"""Stage `align`: contrastive alignment of the windowed fMRI encoder with CLIP.
+
+The encoder (initialised from `mbm_pretrain`) and its 77-token projection head
+are trained so that the pooled fMRI embedding lands next to the CLIP
+embeddings of what was seen. Every published variant is a config switch:
+
+  MinD-Video   modalities ('text', 'image'), L = (L_text + L_image) / 2 with a
+               learnable logit scale; the image is a random frame of the TR;
+               20% of voxels zeroed at random (sparsify_rate); head dropout 0.6.
+               Ablations: ('text',), ('image',), () (no contrastive step).
+  NeuralFlix   + spatial masking (γ_spa of the token dims) and temporal
+               interpolation (Eq. 1, γ_tem) of the fMRI tokens, each contrasted
+               with the unaugmented embedding: L = μ_spa L_spa + μ_tem L_tem + L_emb
+               (Eqs. 2-3; L_emb sums text and image). Eq. 2 as printed pairs
+               L_spa with the temporally augmented view and vice versa; with
+               μ_spa = μ_tem (the paper's setting) the two readings coincide;
+               here L_spa uses the spatially masked view.
+  Brain Netflix  modalities ('text',) with a fixed temperature (0.9).
+
+The contrastive loss sees the global batch: negatives come from every device.
+At the end the stage reports 300-way top-1 retrieval fMRI->image and
+image->fMRI on the test set (split into groups of 300 windows, as NeuroClips
+and CineNeuron do; chance 1/300).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from brainjax import augment, losses
+from brainjax import config as cfg
+from brainjax.data import pipeline
+from brainjax.models import fmri_encoder
+from brainjax.stages import StageContext, clip_embed, common, resolve_path
+from brainjax.train.optim import optim_config
+
+CONFIG_KEYS = ("seed", "data")
+
+
+def stage_config(**overrides) -> ml_collections.ConfigDict:
+  """MinD-Video's settings; recipes override what differs."""
+  stage = ml_collections.ConfigDict(dict(
+      init_from="stage:mbm_pretrain",      # or '' to start from scratch
+      encoder=dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=1.0, remat=False,
+                   per_subject_patch_embed=False),
+      head=dict(out_tokens=77, out_dim=768, dropout=0.6, use_norm=False),
+      modalities=("text", "image"),
+      emb_reduction="mean",                # MinD-Video averages L_text and L_image; NeuralFlix sums them
+      temperature=0.07,                    # initial (learned) or fixed temperature
+      learn_temperature=True,              # Brain Netflix: False with temperature 0.9
+      sparsify_rate=0.2,
+      spatial_mask_ratio=0.0, temporal_interp_ratio=0.0, mu_spa=0.0, mu_tem=0.0,
+      optim=optim_config(lr=1e-4, weight_decay=0.05, warmup_steps=100, grad_clip_norm=1.0),
+      batch_size=64, num_steps=2000, log_every_steps=50, checkpoint_every_steps=500, keep_checkpoints=2,
+      retrieval_candidates=300,
+  ))
+  stage.update(overrides)
+  return stage
+
+
+class FmriAligner(nn.Module):
+  encoder: fmri_encoder.FmriEncoder
+  head: fmri_encoder.ProjectionHead
+  clip_dim: int
+  temperature: float = 0.07
+  learn_temperature: bool = True
+
+  @nn.compact
+  def __call__(self, fmri: jax.Array, *, deterministic: bool = True, token_transform=None,
+               subject: jax.Array | None = None):
+    condition = self.head(self.encoder(fmri, token_transform, subject), deterministic=deterministic)
+    embed = nn.Dense(self.clip_dim, use_bias=False, name="to_clip")(condition.mean(axis=1))
+    if self.learn_temperature:
+      log_scale = self.param("logit_scale", nn.initializers.constant(np.log(1 / self.temperature)), ())
+      scale = jnp.exp(jnp.minimum(log_scale, np.log(100.0)))
+    else:
+      scale = 1.0 / float(self.temperature)
+    return {"embed": embed, "condition": condition, "scale": scale}
+
+
+def build(stage: ml_collections.ConfigDict, num_voxels: int, window: int, clip_dim: int,
+          num_subjects: int = 1) -> FmriAligner:
+  kwargs = stage.encoder.to_dict()
+  per_subject = kwargs.pop("per_subject_patch_embed", False)
+  encoder = fmri_encoder.FmriEncoder(num_voxels=num_voxels, window=window,
+                                     num_subjects=num_subjects if per_subject else 0, **kwargs)
+  head = fmri_encoder.ProjectionHead(**stage.head.to_dict())
+  return FmriAligner(encoder, head, clip_dim, stage.temperature, stage.learn_temperature)
+
+
+def validate(config: ml_collections.ConfigDict, name: str) -> None:
+  del name
+  common.validate_train(config, "align")
+  stage = config.align
+  for m in stage.modalities:
+    if m not in ("text", "image"):
+      raise cfg.ConfigError(f"config.align.modalities = {tuple(stage.modalities)}: entries must be 'text' or 'image'.")
+  cfg.require_choice(config, "align.emb_reduction", ("mean", "sum"))
+  cfg.require_positive(config, "align.temperature")
+  for field in ("sparsify_rate", "spatial_mask_ratio", "temporal_interp_ratio", "head.dropout"):
+    cfg.require_in_range(config, f"align.{field}", 0.0, 0.99)
+  for field in ("mu_spa", "mu_tem"):
+    cfg.require_positive(config, f"align.{field}", allow_zero=True)
+  if not stage.modalities and not stage.mu_spa and not stage.mu_tem:
+    raise cfg.ConfigError("config.align has no loss: modalities is empty and mu_spa = mu_tem = 0. For the "
+                          "'no contrastive learning' ablation remove 'align' from config.stages instead.")
+  common.validate_init_from(config, "align")
+  if "clip_embed" not in config.stages or config.stages.index("clip_embed") > config.stages.index("align"):
+    raise cfg.ConfigError("stage 'align' reads cached CLIP embeddings: put 'clip_embed' before it in config.stages.")
+
+
+def _with_embeddings(cache: dict[str, np.ndarray]):
+  """Adds the cached CLIP embeddings of each example's stimulus TR."""
+  def transform(ex):
+    r = int(ex["record"])
+    return {"fmri": ex["fmri"], "text_embed": cache["text_embeds"][r], "image_embeds": cache["image_embeds"][r],
+            "clip_id": ex["clip_id"], "subject": ex["subject"]}
+  return transform
+
+
+def contrastive_loss(model: FmriAligner, stage, params, batch, rng) -> tuple[jax.Array, dict]:
+  """The configured variant of the alignment loss (see the module docstring)."""
+  r_sparse, r_drop, r_frame, r_spa, r_tem, r_drop2, r_drop3 = jax.random.split(rng, 7)
+  fmri = augment.sparsify(r_sparse, batch["fmri"], stage.sparsify_rate)
+  apply = lambda drop_rng, **kw: model.apply({"params": params}, fmri, deterministic=False,
+                                             rngs={"dropout": drop_rng}, subject=batch.get("subject"), **kw)
+  out = apply(r_drop)
+  f, scale = out["embed"], out["scale"]
+  parts = {}
+  if "text" in stage.modalities:
+    parts["loss_text"] = losses.clip_loss(f, batch["text_embed"], scale)
+  if "image" in stage.modalities:
+    images = batch["image_embeds"]
+    pick = jax.random.randint(r_frame, (images.shape[0],), 0, images.shape[1])  # a random frame of the TR
+    parts["loss_image"] = losses.clip_loss(f, images[jnp.arange(images.shape[0]), pick], scale)
+  emb = sum(parts.values()) if parts else 0.0
+  if parts and stage.emb_reduction == "mean":
+    emb = emb / len(parts)
+  total = emb
+  if stage.mu_spa:
+    spa = apply(r_drop2, token_transform=lambda t: augment.spatial_mask(r_spa, t, stage.spatial_mask_ratio))
+    parts["loss_spa"] = losses.clip_loss(f, spa["embed"], scale)
+    total = total + stage.mu_spa * parts["loss_spa"]
+  if stage.mu_tem:
+    tem = apply(r_drop3, token_transform=lambda t: augment.temporal_interpolate(r_tem, t, stage.temporal_interp_ratio))
+    parts["loss_tem"] = losses.clip_loss(f, tem["embed"], scale)
+    total = total + stage.mu_tem * parts["loss_tem"]
+  parts["logit_scale"] = jnp.asarray(scale)
+  return total, parts
+
+
+def model_and_loss(config: ml_collections.ConfigDict, num_voxels: int, clip_dim: int, frames_per_tr: int,
+                   num_subjects: int = 1):
+  """(model, init_variables, loss_fn, batch ShapeDtypeStructs): what training and planning share."""
+  stage, window = config.align, config.data.window
+  model = build(stage, num_voxels, window, clip_dim, num_subjects)
+  per_subject = bool(model.encoder.num_subjects)
+  dummy = jnp.zeros((1, window, num_voxels), jnp.float32)
+
+  def init_variables(rng):
+    return model.init({"params": rng, "dropout": rng}, dummy,
+                      subject=jnp.zeros((1,), jnp.int32) if per_subject else None)
+
+  def loss_fn(params, model_state, batch, rng):
+    loss, parts = contrastive_loss(model, stage, params, batch, rng)
+    return loss, (parts, model_state)
+
+  b = stage.batch_size
+  batch = {"fmri": jax.ShapeDtypeStruct((b, window, num_voxels), jnp.float32),
+           "text_embed": jax.ShapeDtypeStruct((b, clip_dim), jnp.float32),
+           "image_embeds": jax.ShapeDtypeStruct((b, frames_per_tr, clip_dim), jnp.float32)}
+  if per_subject:
+    batch["subject"] = jax.ShapeDtypeStruct((b,), jnp.int32)
+  return model, init_variables, loss_fn, batch
+
+
+def run(ctx: StageContext) -> dict:
+  stage = ctx.config.align
+  data = ctx.config.data
+  source = pipeline.make_source(data, "train")
+  cache_dir = ctx.output_of("clip_embed")
+  train_cache = clip_embed.load_cache(cache_dir, "train")
+  clip_dim = int(train_cache["text_embeds"].shape[-1])
+  model, init_variables, loss_fn, batch = model_and_loss(ctx.config, source.num_voxels, clip_dim,
+                                                         int(train_cache["image_embeds"].shape[1]),
+                                                         source.dataset_subjects)
+  initial = None
+  if stage.init_from:
+    mbm_params, _ = common.load_params(resolve_path(ctx, stage.init_from))
+    initial = lambda p: dict(p, encoder=fmri_encoder.init_from_mbm(p["encoder"], mbm_params))
+  iterator = pipeline.make_iterator(source, batch_size=stage.batch_size, seed=ctx.config.seed,
+                                    transform=_with_embeddings(train_cache))
+  state = common.train(ctx, init_variables=init_variables, loss_fn=loss_fn, iterator=iterator,
+                       batch_keys=tuple(batch), initial_params=initial)
+  params = jax.device_get(state.params)
+  common.save_params(ctx.stage_dir, params, {"kind": "fmri_aligner", "num_voxels": source.num_voxels,
+                                             "window": data.window, "clip_dim": clip_dim,
+                                             "align": stage.to_dict()})
+  test = pipeline.make_source(data, "test")
+  scores = retrieval(model, params, test, clip_embed.load_cache(cache_dir, "test"), stage.retrieval_candidates)
+  return {"steps": int(jax.device_get(state.step)), "train_windows": len(source), **scores}
+
+
+def embed_windows(model: FmriAligner, params, source, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Pooled fMRI embeddings of every window of `source`, with their stimulus record and clip ids."""
+  per_subject = bool(model.encoder.num_subjects)
+  apply = jax.jit(lambda p, x, s: model.apply({"params": p}, x, subject=s if per_subject else None)["embed"])
+  embeds, records, clips = [], [], []
+  for start in range(0, len(source), batch_size):
+    exs = [source[i] for i in range(start, min(len(source), start + batch_size))]
+    embeds.append(np.asarray(apply(params, np.stack([e["fmri"] for e in exs]),
+                                   np.stack([e["subject"] for e in exs]))))
+    records.extend(int(e["record"]) for e in exs)
+    clips.extend(int(e["clip_id"]) for e in exs)
+  return np.concatenate(embeds), np.asarray(records), np.asarray(clips)
+
+
+def retrieval(model: FmriAligner, params, source, cache: dict[str, np.ndarray], candidates: int) -> dict[str, float]:
+  """Top-1 fMRI->image and image->fMRI among `candidates`; the image of a TR is its mean frame embedding."""
+  f, records, clips = embed_windows(model, params, source)
+  images = cache["image_embeds"][records].mean(axis=1)
+  groups = [slice(s, s + candidates) for s in range(0, len(f) - candidates + 1, candidates)]
+  if not groups:
+    raise ValueError(f"the test set has {len(f)} windows, fewer than the {candidates} retrieval candidates; "
+                     "lower config.align.retrieval_candidates.")
+  score = lambda q, k, g=None: float(np.mean([losses.retrieval_top1(q[s], k[s], None if g is None else g[s])
+                                              for s in groups]))
+  return {"retrieval_candidates": candidates, "retrieval_groups": len(groups),
+          "fmri_to_image_top1": score(f, images), "image_to_fmri_top1": score(images, f),
+          "fmri_to_image_same_clip_top1": score(f, images, clips)}

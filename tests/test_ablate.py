@@ -1,0 +1,44 @@
+"""The ablation runner: overrides, shared-stage reuse, the table."""
+
+import os
+
+import pytest
+
+from brainjax import ablate
+from tests import helpers
+
+
+def test_parse_variant_keeps_tuples_whole():
+  name, overrides = ablate.parse_variant("text_only:align.modalities=('text', 'image'),data.window=1")
+  assert name == "text_only" and overrides == ["align.modalities=('text', 'image')", "data.window=1"]
+  with pytest.raises(ValueError, match="expected name:field=value"):
+    ablate.parse_variant("window1")
+
+
+def test_apply_overrides_types_and_unknown_fields():
+  config = helpers.load_recipe("mindvideo", "demo")
+  out = ablate.apply_overrides(config, ["data.window=3", "align.modalities=('text',)", "align.sparsify_rate=0.0"])
+  assert out.data.window == 3 and list(out.align.modalities) == ["text"] and out.align.sparsify_rate == 0.0
+  assert config.data.window == 2  # the base is untouched
+  with pytest.raises(ValueError, match="config has no field 'align.modalitiez'"):
+    ablate.apply_overrides(config, ["align.modalitiez=1"])
+
+
+def test_only_leading_identical_stages_are_shared(tmp_path):
+  base = helpers.load_recipe("mindvideo", "demo")
+  for name in base.stages:
+    (tmp_path / "base" / name).mkdir(parents=True)
+    (tmp_path / "base" / name / "DONE.json").write_text("{}")
+  window = ablate.apply_overrides(base, ["data.window=1"])
+  # MBM reads single volumes whatever data.window is, and the CLIP stages read only stimuli.
+  assert ablate.link_shared_stages(base, window, tmp_path / "base", tmp_path / "w1") == [
+      "mbm_pretrain", "mbm_finetune", "clip_fit", "clip_embed"]
+  assert os.path.islink(tmp_path / "w1" / "clip_embed")
+  mbm = ablate.apply_overrides(base, ["mbm_pretrain.num_steps=10"])
+  assert ablate.link_shared_stages(base, mbm, tmp_path / "base", tmp_path / "m") == []
+
+
+def test_markdown_table():
+  text = ablate.markdown_table({"base": {"overrides": [], "top1": 0.5}, "w1": {"overrides": ["data.window=1"],
+                                                                               "top1": 0.25}})
+  assert "| w1 | data.window=1 | 0.25 |" in text

@@ -1,0 +1,76 @@
+"""The alignment losses: every published variant is a switch that changes what is optimised."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from brainjax import losses
+from brainjax.stages import align
+
+V, W, P = 64, 2, 8
+
+
+def _setup(**overrides):
+  stage = align.stage_config(encoder=dict(patch_size=16, embed_dim=16, depth=1, num_heads=2, mlp_ratio=1.0,
+                                          remat=False),
+                             head=dict(out_tokens=4, out_dim=8, dropout=0.0, use_norm=False), **overrides)
+  model = align.build(stage, V, W, P)
+  rng = np.random.default_rng(0)
+  batch = {"fmri": jnp.asarray(rng.standard_normal((6, W, V)), jnp.float32),
+           "text_embed": jnp.asarray(rng.standard_normal((6, P)), jnp.float32),
+           "image_embeds": jnp.asarray(rng.standard_normal((6, 3, P)), jnp.float32)}
+  params = nn.meta.unbox(model.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
+                                    batch["fmri"]))["params"]
+  return stage, model, params, batch
+
+
+def test_mindvideo_loss_is_the_mean_of_text_and_image_terms():
+  stage, model, params, batch = _setup(sparsify_rate=0.0)
+  total, parts = align.contrastive_loss(model, stage, params, batch, jax.random.PRNGKey(2))
+  assert set(parts) == {"loss_text", "loss_image", "logit_scale"}
+  np.testing.assert_allclose(total, (parts["loss_text"] + parts["loss_image"]) / 2, rtol=1e-6)
+  f = model.apply({"params": params}, batch["fmri"])
+  np.testing.assert_allclose(parts["loss_text"], losses.clip_loss(f["embed"], batch["text_embed"], f["scale"]),
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize("modalities", [("text",), ("image",)])
+def test_single_modality_ablations(modalities):
+  stage, model, params, batch = _setup(modalities=modalities)
+  total, parts = align.contrastive_loss(model, stage, params, batch, jax.random.PRNGKey(3))
+  assert {k for k in parts if k.startswith("loss")} == {f"loss_{modalities[0]}"}
+  np.testing.assert_allclose(total, parts[f"loss_{modalities[0]}"], rtol=1e-6)
+
+
+def test_neuralflix_loss_is_eq3():
+  stage, model, params, batch = _setup(emb_reduction="sum", spatial_mask_ratio=0.2, temporal_interp_ratio=1 / 3,
+                                       mu_spa=0.7, mu_tem=1.3, sparsify_rate=0.0)
+  total, parts = align.contrastive_loss(model, stage, params, batch, jax.random.PRNGKey(4))
+  expected = parts["loss_text"] + parts["loss_image"] + 0.7 * parts["loss_spa"] + 1.3 * parts["loss_tem"]
+  np.testing.assert_allclose(total, expected, rtol=1e-6)
+  assert parts["loss_spa"] > 0 and parts["loss_tem"] > 0
+
+
+def test_fixed_temperature_brain_netflix():
+  stage, model, params, batch = _setup(modalities=("text",), temperature=0.9, learn_temperature=False)
+  assert "logit_scale" not in params
+  _, parts = align.contrastive_loss(model, stage, params, batch, jax.random.PRNGKey(5))
+  np.testing.assert_allclose(parts["logit_scale"], 1 / 0.9, rtol=1e-6)
+
+
+def test_sparsification_is_applied():
+  stage, model, params, batch = _setup(sparsify_rate=0.5)
+  a, _ = align.contrastive_loss(model, stage, params, batch, jax.random.PRNGKey(6))
+  stage0 = ml_collections.ConfigDict(stage.to_dict())
+  stage0.sparsify_rate = 0.0
+  b, _ = align.contrastive_loss(model, stage0, params, batch, jax.random.PRNGKey(6))
+  assert abs(float(a) - float(b)) > 1e-4
+
+
+def test_retrieval_with_planted_embeddings():
+  keys = np.eye(4, dtype=np.float32)
+  assert float(losses.retrieval_top1(jnp.asarray(keys[[0, 1, 3, 2]]), jnp.asarray(keys))) == 0.5
+  assert float(losses.retrieval_top1(jnp.asarray(keys[[0, 1, 3, 2]]), jnp.asarray(keys), np.array([0, 0, 1, 1]))) == 1
