@@ -134,6 +134,7 @@ def markdown_table(table: dict[str, dict]) -> str:
 
 def main(argv) -> None:
   del argv
+  runner.quiet_library_logs()
   config = _CONFIG.value
   if _VARIANTS.value:
     variants = dict(parse_variant(v) for v in _VARIANTS.value)

@@ -10,7 +10,6 @@ Runs `config.stages` in order. Any config field can be overridden with
 
 from __future__ import annotations
 
-import logging as logging_lib
 
 
 import jax
@@ -42,19 +41,9 @@ def _initialize_distributed() -> None:
                jax.local_device_count(), jax.device_count())
 
 
-class _LibraryInfoFilter(logging_lib.Filter):
-  """Keeps brainjax's INFO lines and everyone's warnings; drops the checkpoint
-  and data libraries' per-save INFO chatter that would bury the progress lines."""
-
-  _NOISY = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/")
-
-  def filter(self, record: logging_lib.LogRecord) -> bool:
-    return record.levelno >= logging_lib.WARNING or not any(n in record.pathname for n in self._NOISY)
-
-
 def main(argv) -> int:
   del argv
-  logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+  runner.quiet_library_logs()
   if _DISTRIBUTED.value:
     _initialize_distributed()
   try:

@@ -7,6 +7,7 @@ Kept apart from `main.py` (flags only) so tests and notebooks call
 from __future__ import annotations
 
 import json
+import logging as logging_lib
 import time
 
 import jax
@@ -20,6 +21,21 @@ from brainjax.train import sharding as shd
 from brainjax.train.loop import Preempted  # re-exported for main.py
 
 __all__ = ["run", "validate", "Preempted"]
+
+
+class _LibraryInfoFilter(logging_lib.Filter):
+  """Keeps brainjax's INFO lines and everyone's warnings; drops the checkpoint
+  and data libraries' per-save INFO chatter that would bury the progress lines."""
+
+  _NOISY = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/")
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    return record.levelno >= logging_lib.WARNING or not any(n in record.pathname for n in self._NOISY)
+
+
+def quiet_library_logs() -> None:
+  """For command-line entry points: hide library INFO logs (warnings still show)."""
+  logging.get_absl_handler().addFilter(_LibraryInfoFilter())
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
