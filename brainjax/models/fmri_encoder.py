@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from brainjax.models import layers
+from brainjax.models import params as params_lib
 
 
 class SpatioTemporalBlock(nn.Module):
@@ -83,19 +84,11 @@ def init_from_mbm(encoder_params: dict, mbm_params: dict) -> dict:
   the MBM decoder, cls and mask tokens are not used.
   """
   shared = ("patch_embed", "encoder", "encoder_norm")
-
-  def merge(target, source, path):
-    if not isinstance(target, dict):
-      if source.shape != target.shape:
-        raise ValueError(f"MBM parameter {'/'.join(path)} has shape {source.shape}, the encoder expects "
-                         f"{target.shape}; the MBM and encoder configs (embed_dim, patch_size, mlp_ratio) differ.")
-      return source
-    return {k: merge(v, source[k], path + (k,)) if k in source else v for k, v in target.items()}
-
   missing = [k for k in shared if k not in mbm_params]
   if missing:
     raise ValueError(f"not an MBM parameter tree: {missing} missing")
-  return {k: merge(v, mbm_params[k], (k,)) if k in shared else v for k, v in encoder_params.items()}
+  return params_lib.overlay(encoder_params, {k: mbm_params[k] for k in shared},
+                            hint="the MBM and encoder configs (embed_dim, patch_size, mlp_ratio) differ")
 
 
 class FmriEncoder(nn.Module):

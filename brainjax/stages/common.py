@@ -12,6 +12,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from brainjax import config as cfg
+from brainjax.models import params as params_lib
 from brainjax.stages import StageContext
 from brainjax.train import sharding as shd
 from brainjax.train.checkpoint import Checkpointer
@@ -56,23 +57,13 @@ def validate_init_from(config: ml_collections.ConfigDict, stage: str) -> None:
                             "in config.stages.")
 
 
-def overlay_params(target: Any, source: Any, path: tuple[str, ...] = ()) -> Any:
-  """`target` with every leaf that `source` also has replaced by source's (shapes must agree)."""
-  if not isinstance(target, dict):
-    if tuple(source.shape) != tuple(target.shape):
-      raise ValueError(f"parameter {'/'.join(path)} has shape {tuple(source.shape)} in the checkpoint but "
-                       f"{tuple(target.shape)} in the model; the two model configs differ.")
-    return source
-  return {k: overlay_params(v, source[k], path + (k,)) if k in source else v for k, v in target.items()}
-
-
 def initial_params_from(ctx: StageContext, init_from: str) -> Callable[[Any], Any] | None:
   """Params of an earlier stage (`stage:<name>`) or directory overlaid on a fresh init, or None."""
   if not init_from:
     return None
   from brainjax.stages import resolve_path
   source, _ = load_params(resolve_path(ctx, init_from))
-  return lambda params: overlay_params(params, source)
+  return lambda params: params_lib.overlay(params, source)
 
 
 def validate_train(config: ml_collections.ConfigDict, stage: str) -> None:

@@ -1,0 +1,21 @@
+"""Parameter-tree utilities shared by models and stages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def overlay(target: Any, source: Any, *, hint: str = "the two model configs differ",
+            path: tuple[str, ...] = ()) -> Any:
+  """`target` with every leaf that `source` also has replaced by source's.
+
+  Leaves only `target` has (e.g. new temporal layers) keep their values;
+  leaves only `source` has are ignored. A shape mismatch is an error naming
+  the parameter, both shapes and `hint` (what to check).
+  """
+  if not isinstance(target, dict):
+    if tuple(source.shape) != tuple(target.shape):
+      raise ValueError(f"parameter {'/'.join(path)} has shape {tuple(source.shape)} in the checkpoint but "
+                       f"{tuple(target.shape)} in the model; {hint}.")
+    return source
+  return {k: overlay(v, source[k], hint=hint, path=path + (k,)) if k in source else v for k, v in target.items()}
