@@ -22,11 +22,12 @@ Dtype = Any
 
 
 def dense(features: int, names: tuple[str | None, str | None], *, use_bias: bool = True, dtype: Dtype = jnp.float32,
-          param_dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Dense:
-  """A Dense with xavier-uniform kernel (as MAE initialises) and logical names."""
+          param_dtype: Dtype = jnp.float32, name: str | None = None, zero_init: bool = False) -> nn.Dense:
+  """A Dense with xavier-uniform kernel (as MAE initialises; zeros with zero_init) and logical names."""
+  kernel_init = nn.initializers.zeros_init() if zero_init else nn.initializers.xavier_uniform()
   return nn.Dense(
       features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), names),
+      kernel_init=nn.with_logical_partitioning(kernel_init, names),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (names[1],)))
 
 

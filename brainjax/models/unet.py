@@ -80,7 +80,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -327,12 +327,22 @@ class UNetConfig:
 # --------------------------------------------------------------------------------------- layers
 
 
-def _group_norm(groups: int, eps: float, name: str, *, dtype: Dtype, param_dtype: Dtype) -> nn.GroupNorm:
+def _group_norm(groups: int, eps: float, name: str, *, frames: int = 1, dtype: Dtype,
+                param_dtype: Dtype) -> Callable[[jax.Array], jax.Array]:
+  """GroupNorm over [N, H, W, C]; with frames > 1 the statistics pool the `frames` consecutive batch entries.
+
+  The inflated video UNets (Tune-A-Video, MindVideo) apply torch's GroupNorm to
+  [B, C, F, H, W] in their resnets and conv_norm_out, so one video's frames share
+  statistics; with frames folded into the batch that is a norm over [B, F*H, W, C].
+  """
   # Two-pass variance as torch computes it (flax's fast E[x^2]-E[x]^2 loses precision).
-  return nn.GroupNorm(
+  norm = nn.GroupNorm(
       num_groups=groups, epsilon=eps, use_fast_variance=False, dtype=dtype, param_dtype=param_dtype, name=name,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)))
+  if frames == 1:
+    return norm
+  return lambda x: norm(x.reshape(x.shape[0] // frames, frames * x.shape[1], *x.shape[2:])).reshape(x.shape)
 
 
 def _layer_norm(name: str | None = None, *, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
@@ -375,25 +385,38 @@ class TimestepEmbedding(nn.Module):
 
 
 class ResnetBlock2D(nn.Module):
-  """diffusers' ResnetBlock2D with a time embedding (time_embedding_norm 'default', pre-norm)."""
+  """diffusers' ResnetBlock2D with a time embedding (time_embedding_norm 'default', pre-norm).
+
+  `frames` > 1: the batch holds videos' frames back to back and the GroupNorms pool
+  each video's frames (the inflated UNets' convention). `after_conv(name)` is the
+  hook a pseudo-3D resnet uses to add a temporal layer after conv1 / conv2.
+  """
   out_channels: int
   groups: int
   eps: float
   act_fn: str
   output_scale_factor: float = 1.0
+  frames: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+
+  @nn.nowrap
+  def after_conv(self, name: str) -> Callable[[jax.Array], jax.Array]:
+    """What runs after the 3x3 conv `name` ('conv1' / 'conv2'); nothing in 2-D."""
+    del name
+    return lambda h: h
 
   @nn.compact
   def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     act = ACTIVATIONS[self.act_fn]
-    h = act(_group_norm(self.groups, self.eps, "norm1", **kw)(x))
-    h = _conv(self.out_channels, 3, "conv1", **kw)(h)
+    norm = lambda name: _group_norm(self.groups, self.eps, name, frames=self.frames, **kw)
+    h = act(norm("norm1")(x))
+    h = self.after_conv("conv1")(_conv(self.out_channels, 3, "conv1", **kw)(h))
     t = layers.dense(self.out_channels, ("mlp", "embed"), name="time_emb_proj", **kw)(act(temb))
     h = h + t[:, None, None, :]
-    h = act(_group_norm(self.groups, self.eps, "norm2", **kw)(h))
-    h = _conv(self.out_channels, 3, "conv2", **kw)(h)  # dropout 0
+    h = act(norm("norm2")(h))
+    h = self.after_conv("conv2")(_conv(self.out_channels, 3, "conv2", **kw)(h))  # dropout 0
     if x.shape[-1] != self.out_channels:
       x = _conv(self.out_channels, 1, "conv_shortcut", **kw)(x)
     out = x + h
@@ -439,18 +462,21 @@ class Upsample2D(nn.Module):
     return _conv(x.shape[-1], 3, "conv", dtype=self.dtype, param_dtype=self.param_dtype)(x)
 
 
-def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, upcast: bool = False) -> jax.Array:
+def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, upcast: bool = False,
+                         mask: jax.Array | None = None) -> jax.Array:
   """Softmax attention on q [N, L, h*d], k/v [N, S, h*d] -> [N, L, h*d], scale d ** -0.5.
 
   jax.nn.dot_product_attention keeps logits and softmax in float32 for bf16
   inputs; `upcast` (diffusers' upcast_attention) also runs the products in float32.
+  `mask` [L, S] (True = may attend) restricts which keys each query sees.
   """
   n, length, inner = q.shape
   dtype = q.dtype
   if upcast:
     q, k, v = (a.astype(jnp.float32) for a in (q, k, v))
   split = lambda a: a.reshape(a.shape[0], a.shape[1], heads, inner // heads)
-  out = jax.nn.dot_product_attention(split(q), split(k), split(v), scale=(inner // heads) ** -0.5)
+  out = jax.nn.dot_product_attention(split(q), split(k), split(v), scale=(inner // heads) ** -0.5,
+                                     mask=None if mask is None else mask[None, None])
   return out.reshape(n, length, inner).astype(dtype)
 
 
@@ -466,6 +492,7 @@ class Attention(nn.Module):
   heads: int
   head_dim: int
   upcast: bool = False
+  zero_init_out: bool = False  # to_out_0 starts at zero: a new residual branch starts as the identity
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -481,7 +508,7 @@ class Attention(nn.Module):
     q, k, v = (layers.dense(inner, ("embed", "heads"), use_bias=False, name=f"to_{p}", **kw)(y)
                for p, y in zip("qkv", (x, context, context)))
     out = nn.with_logical_constraint(self.attend(q, k, v), ("act_batch", "act_tokens", "act_heads"))
-    return layers.dense(inner, ("heads", "embed"), name="to_out_0", **kw)(out)  # dropout 0
+    return layers.dense(inner, ("heads", "embed"), name="to_out_0", zero_init=self.zero_init_out, **kw)(out)
 
 
 class FeedForward(nn.Module):
@@ -520,8 +547,10 @@ class BasicTransformerBlock(nn.Module):
   x + attn1(norm1(x)); x + attn2(norm2(x), context); x + ff(norm3(x)).
   With only_cross_attention, attn1 attends to the context as well.
   This is the extension point for video blocks (see the module docstring):
-  `self_attention_cls` swaps attn1's class; a subclass adds layers in `setup`
-  (after super().setup()) and reorders the three steps in `__call__`.
+  `self_attention_cls` swaps attn1's class (or a subclass overrides
+  `make_self_attention`); a subclass adds layers in `setup` (after
+  super().setup()) and reorders the three steps in `__call__`. `frames` is the
+  number of frames folded into the batch (video blocks use it; 2-D ignores it).
   """
   dim: int
   heads: int
@@ -530,14 +559,20 @@ class BasicTransformerBlock(nn.Module):
   only_cross_attention: bool = False
   upcast_attention: bool = False
   self_attention_cls: type[nn.Module] = Attention
+  frames: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+
+  @nn.nowrap
+  def make_self_attention(self, **attn: Any) -> nn.Module:
+    """attn1, built from Attention's keyword arguments."""
+    return self.self_attention_cls(**attn)
 
   def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     attn = dict(heads=self.heads, head_dim=self.head_dim, upcast=self.upcast_attention, **kw)
     self.norm1 = _layer_norm(**kw)
-    self.attn1 = self.self_attention_cls(**attn)
+    self.attn1 = self.make_self_attention(**attn)
     self.norm2 = _layer_norm(**kw)
     self.attn2 = Attention(**attn)
     self.norm3 = _layer_norm(**kw)
@@ -566,11 +601,14 @@ class UNetParts:
   head_dim=, cross_attention_dim=, only_cross_attention=, upcast_attention=, dtype=, param_dtype=, name=,
   **transformer_block_kwargs) and called (tokens [N, L, dim], context [N, S, D]). The kwargs are tuples
   of (name, value) pairs so that the parts, and the module holding them, stay hashable.
+  `frames` (> 1 for a video UNet with frames folded into the batch) reaches every resnet and transformer
+  block as their `frames` argument and makes conv_norm_out pool each video's frames.
   """
   resnet: type[nn.Module] = ResnetBlock2D
   transformer_block: type[nn.Module] = BasicTransformerBlock
   resnet_kwargs: tuple[tuple[str, Any], ...] = ()
   transformer_block_kwargs: tuple[tuple[str, Any], ...] = ()
+  frames: int = 1
 
 
 class Transformer2DModel(nn.Module):
@@ -585,6 +623,7 @@ class Transformer2DModel(nn.Module):
   parts: UNetParts = UNetParts()
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  head_dim: int | None = None  # None: channels // heads (the 2D UNet); the 3D UNet fixes it (unet3d.py)
 
   def _proj(self, features: int, name: str) -> nn.Module:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -596,7 +635,7 @@ class Transformer2DModel(nn.Module):
   def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     n, h, w, c = x.shape
-    head_dim = c // self.heads
+    head_dim = self.head_dim or c // self.heads
     inner = self.heads * head_dim  # diffusers' inner_dim; smaller than c when heads does not divide c
     y = _group_norm(self.groups, TRANSFORMER_GROUP_NORM_EPS, "norm", **kw)(x)
     # A 1x1 conv and a Dense on the flattened pixels are the same map; only the param layout differs.
@@ -605,7 +644,8 @@ class Transformer2DModel(nn.Module):
       y = self.parts.transformer_block(
           dim=inner, heads=self.heads, head_dim=head_dim, cross_attention_dim=self.cross_attention_dim,
           only_cross_attention=self.only_cross_attention, upcast_attention=self.upcast_attention,
-          name=f"transformer_blocks_{k}", **kw, **dict(self.parts.transformer_block_kwargs))(y, context)
+          frames=self.parts.frames, name=f"transformer_blocks_{k}", **kw,
+          **dict(self.parts.transformer_block_kwargs))(y, context)
     y = self._proj(c, "proj_out")(y.reshape(n, h, w, inner))
     return _constrain(y + x)
 
@@ -620,6 +660,7 @@ class _Level:
   cross_attention_dim: int
   only_cross_attention: bool
   transformer_layers: int
+  head_dim: int | None = None  # None: out_channels // heads (see Transformer2DModel.head_dim)
 
 
 class _BlockBase(nn.Module):
@@ -640,8 +681,8 @@ class _BlockBase(nn.Module):
     c = self.config
     (cls,) = _maybe_remat(self.remat, self.parts.resnet)
     return cls(self.level.out_channels, c.norm_num_groups, c.norm_eps, c.act_fn,
-               c.resnet_out_scale_factor if scale is None else scale, name=name, **self._kw(),
-               **dict(self.parts.resnet_kwargs))
+               c.resnet_out_scale_factor if scale is None else scale, frames=self.parts.frames, name=name,
+               **self._kw(), **dict(self.parts.resnet_kwargs))
 
   @nn.nowrap
   def _attention(self, name: str, only_cross_attention: bool | None = None) -> nn.Module:
@@ -649,7 +690,7 @@ class _BlockBase(nn.Module):
     (cls,) = _maybe_remat(self.remat, Transformer2DModel)
     return cls(lv.heads, lv.transformer_layers, c.norm_num_groups, lv.cross_attention_dim, c.use_linear_projection,
                lv.only_cross_attention if only_cross_attention is None else only_cross_attention,
-               c.upcast_attention, self.parts, name=name, **self._kw())
+               c.upcast_attention, self.parts, head_dim=lv.head_dim, name=name, **self._kw())
 
   @nn.nowrap
   def _has_attention(self) -> bool:
@@ -774,7 +815,8 @@ class UNet2DConditionModel(nn.Module):
       # Upsample to the next skip's size: x2 normally, the exact size when a downsampler rounded up.
       size = None if last else tuple(skips[-1].shape[1:3])
       x = UpBlock(level=level, add_upsample=not last, name=f"up_blocks_{i}", **blocks)(x, res, emb, context, size)
-    x = ACTIVATIONS[c.act_fn](_group_norm(c.norm_num_groups, c.norm_eps, "conv_norm_out", **kw)(x))
+    x = _group_norm(c.norm_num_groups, c.norm_eps, "conv_norm_out", frames=self.parts.frames, **kw)(x)
+    x = ACTIVATIONS[c.act_fn](x)
     return _conv(c.out_channels, c.conv_out_kernel, "conv_out", out_axis=None, **kw)(x)
 
   def dummy_inputs(self) -> tuple[jax.Array, ...]:
@@ -843,26 +885,31 @@ def _transformer_block_rules() -> list[mp.Rule]:
   ]
 
 
-def _transformer_rules() -> list[mp.Rule]:
+def _transformer_rules(block_rules: Sequence[mp.Rule] = ()) -> list[mp.Rule]:
   return [
       *mp.norm("norm", "norm"),
       mp.Rule("proj_{io:in|out}.weight", "proj_{io:in|out}/kernel", PROJECTION),
       mp.Rule("proj_{io:in|out}.bias", "proj_{io:in|out}/bias"),
-      *mp.prefixed(_transformer_block_rules(), r"transformer_blocks.{k:\d+}.", r"transformer_blocks_{k:\d+}/"),
+      *mp.prefixed([*_transformer_block_rules(), *block_rules], r"transformer_blocks.{k:\d+}.",
+                   r"transformer_blocks_{k:\d+}/"),
   ]
 
 
-def unet_rules() -> list[mp.Rule]:
-  """The rules of UNET_TABLE; a video UNet's table adds its own (attn_temp, ...) to these."""
+def unet_rules(*, resnet_rules: Sequence[mp.Rule] = (),
+               transformer_block_rules: Sequence[mp.Rule] = ()) -> list[mp.Rule]:
+  """The rules of UNET_TABLE; a video UNet adds the rules of its extra resnet / transformer-block layers
+  (relative to a resnet / a transformer block, e.g. attn_temp.to_q <-> attn_temp/to_q)."""
+  resnet = [*_resnet_rules(), *resnet_rules]
+  transformer = _transformer_rules(transformer_block_rules)
   return [
       *mp.conv("conv_{io:in|out}", "conv_{io:in|out}"),
       *mp.norm("conv_norm_out", "conv_norm_out"),
       *mp.linear("time_embedding.linear_{n:1|2}", "time_embedding/linear_{n:1|2}"),
-      *mp.prefixed(_resnet_rules(), _BLOCKS + r".{i:\d+}.resnets.{j:\d+}.", _BLOCKS + r"_{i:\d+}/resnets_{j:\d+}/"),
-      *mp.prefixed(_resnet_rules(), r"mid_block.resnets.{j:\d+}.", r"mid_block/resnets_{j:\d+}/"),
-      *mp.prefixed(_transformer_rules(), _BLOCKS + r".{i:\d+}.attentions.{j:\d+}.",
+      *mp.prefixed(resnet, _BLOCKS + r".{i:\d+}.resnets.{j:\d+}.", _BLOCKS + r"_{i:\d+}/resnets_{j:\d+}/"),
+      *mp.prefixed(resnet, r"mid_block.resnets.{j:\d+}.", r"mid_block/resnets_{j:\d+}/"),
+      *mp.prefixed(transformer, _BLOCKS + r".{i:\d+}.attentions.{j:\d+}.",
                    _BLOCKS + r"_{i:\d+}/attentions_{j:\d+}/"),
-      *mp.prefixed(_transformer_rules(), r"mid_block.attentions.{j:\d+}.", r"mid_block/attentions_{j:\d+}/"),
+      *mp.prefixed(transformer, r"mid_block.attentions.{j:\d+}.", r"mid_block/attentions_{j:\d+}/"),
       *mp.conv(r"down_blocks.{i:\d+}.downsamplers.0.conv", r"down_blocks_{i:\d+}/downsamplers_0/conv"),
       *mp.conv(r"up_blocks.{i:\d+}.upsamplers.0.conv", r"up_blocks_{i:\d+}/upsamplers_0/conv"),
   ]
