@@ -67,3 +67,61 @@ def tiny_mindvideo_config(data_dir: str, *, steps: int = 20) -> ml_collections.C
     config.align.head.update(out_tokens=8, out_dim=16)
     config.align.retrieval_candidates = 20
   return config
+
+
+# A second tiny dataset for the multi-dataset tests: another seed, one subject with its own voxel count.
+TINY_SPEC_B = dict(seed=11, resolution=32, num_subjects=1, voxels_per_subject=(200,), train_segments=2,
+                   test_segments=1, segment_trs=40, test_repeats=4, rest_runs=2, rest_trs=60)
+
+
+def save_random_clip(directory: str, resolution: int = 32) -> str:
+  """Untrained tiny CLIP towers (+ tokenizer) in the transformers layout, as clip_fit would save them:
+  lets clip_embed run without the clip_fit stage. Returns `directory`."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  from etils import epath
+
+  from brainjax.data.tokenizer import WordTokenizer
+  from brainjax.models import clip
+  from brainjax.stages import clip_fit
+
+  stage = tiny_mindvideo_config(directory).clip_fit
+  tokenizer = WordTokenizer.for_synthetic_captions(stage.max_length)
+  model = clip_fit.build(stage, resolution, tokenizer)
+  ids = jnp.zeros((1, tokenizer.max_length), jnp.int32)
+  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids),
+                                    jnp.zeros((1, resolution, resolution, 3)))["params"])
+  root = epath.Path(directory)
+  clip.save_clip_text(root / "text", model.text_config, params["text"])
+  clip.save_clip_vision(root / "vision", model.vision_config, params["vision"])
+  tokenizer.save(root / "text")
+  return directory
+
+
+def tiny_multidataset_config(data_dir: str, *, steps: int = 6, clip_dir: str | None = None) -> ml_collections.ConfigDict:
+  """Brain Netflix-style joint training, shrunk: mbm_pretrain and align over TINY_SPEC (subjects 0, 1)
+  and TINY_SPEC_B (subject 0), 3 subjects in total, with per-subject patch embeddings. With
+  `clip_dir` (see `save_random_clip`) clip_embed reads towers from there and clip_fit is skipped."""
+  config = tiny_mindvideo_config(data_dir, steps=steps)
+  with config.unlocked():
+    config.stages = ["mbm_pretrain", "clip_embed", "align"] if clip_dir else [
+        "mbm_pretrain", "clip_fit", "clip_embed", "align"]
+    for name in [k for k in ("mbm_finetune", "vae_fit", "video_finetune") if k in config]:
+      del config[name]  # stages of the MinD-Video recipe this test does not run
+    if clip_dir:
+      del config["clip_fit"]
+      config.clip_embed.update(text_path=f"{clip_dir}/text", vision_path=f"{clip_dir}/vision")
+    config.data.subjects = [0, 1]
+    extra = dict(name="synthetic", spec=TINY_SPEC_B, subjects=[0])
+    config.mbm_pretrain.data_overrides.subjects = [0, 1]
+    config.mbm_pretrain.extra_datasets = [extra]
+    config.mbm_pretrain.model.per_subject_patch_embed = True
+    config.mbm_pretrain.model.depth = 1
+    config.align.extra_datasets = [extra]
+    config.align.encoder.per_subject_patch_embed = True
+    config.align.encoder.depth = 1
+    config.align.init_from = "stage:mbm_pretrain"
+    config.align.update(modalities=("text",), temperature=0.9, learn_temperature=False)
+    config.align.retrieval_candidates = 10
+  return config

@@ -74,3 +74,17 @@ def test_retrieval_with_planted_embeddings():
   keys = np.eye(4, dtype=np.float32)
   assert float(losses.retrieval_top1(jnp.asarray(keys[[0, 1, 3, 2]]), jnp.asarray(keys))) == 0.5
   assert float(losses.retrieval_top1(jnp.asarray(keys[[0, 1, 3, 2]]), jnp.asarray(keys), np.array([0, 0, 1, 1]))) == 1
+
+
+def test_padding_never_reaches_the_alignment_loss():
+  stage, model, params, batch = _setup(sparsify_rate=0.2)
+  counts = jnp.asarray([16, 64, 40, 33, 64, 1], jnp.int32)
+  real = np.arange(V)[None, None] < np.asarray(counts)[:, None, None]
+  fmri = np.asarray(batch["fmri"])
+  clean = dict(batch, fmri=jnp.asarray(np.where(real, fmri, 0.0)), num_voxels=counts)
+  noisy = dict(batch, fmri=jnp.asarray(np.where(real, fmri, 1e3)), num_voxels=counts)
+  a, _ = align.contrastive_loss(model, stage, params, clean, jax.random.PRNGKey(7))
+  b, _ = align.contrastive_loss(model, stage, params, noisy, jax.random.PRNGKey(7))
+  np.testing.assert_allclose(a, b, rtol=1e-6)
+  c, _ = align.contrastive_loss(model, stage, params, dict(noisy, num_voxels=None), jax.random.PRNGKey(7))
+  assert abs(float(c) - float(a)) > 1e-4

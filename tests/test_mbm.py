@@ -151,3 +151,73 @@ def test_per_subject_patch_embeddings():
   ep = nn.meta.unbox(enc.init(r, xw, subject=subject)["params"])
   out = enc.apply({"params": ep}, xw, subject=subject)
   assert out.shape == (4, 2 * V // P, 32)
+
+
+def _per_subject_mbm(num_voxels):
+  return mbm.MaskedBrainModel(num_voxels=num_voxels, patch_size=P, embed_dim=32, depth=1, num_heads=4,
+                              decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, num_subjects=3)
+
+
+def test_padding_never_reaches_the_mbm_loss():
+  """A mixture pads each subject's voxels to one length; the loss must not see the padding: neither
+  its content nor how much of it there is (a longer mixture) changes anything."""
+  rng = np.random.default_rng(10)
+  counts = jnp.asarray([250, 320, 100, 313], jnp.int32)
+  subject = jnp.asarray([0, 2, 1, 2])
+  x = rng.standard_normal((4, V)).astype(np.float32)
+  real = np.arange(V)[None] < np.asarray(counts)[:, None]
+  clean = np.where(real, x, 0.0).astype(np.float32)
+  garbage = np.where(real, x, 1e3 * rng.standard_normal(x.shape)).astype(np.float32)
+  model = _per_subject_mbm(V)
+  r, mask_rng = jax.random.PRNGKey(0), jax.random.PRNGKey(3)
+  # Jitted: one compile per shape is much cheaper here than op-by-op dispatch.
+  params = nn.meta.unbox(jax.jit(model.init)({"params": r}, jnp.asarray(clean), r, subject, counts)["params"])
+  jitted = lambda m: jax.jit(lambda v: m.apply({"params": params}, v, mask_rng, subject, counts))
+  apply, apply_long = jitted(model), jitted(_per_subject_mbm(V + 64))
+  out = jax.device_get(apply(jnp.asarray(clean)))
+  np.testing.assert_allclose(apply(jnp.asarray(garbage))["loss"], out["loss"], rtol=1e-6)
+  longer = np.concatenate([garbage, 1e3 * rng.standard_normal((4, 64)).astype(np.float32)], axis=1)
+  out_long = jax.device_get(apply_long(jnp.asarray(longer)))
+  n = V // P
+  np.testing.assert_allclose(out_long["loss"], out["loss"], rtol=1e-5)
+  np.testing.assert_array_equal(out_long["mask"][:, :n], out["mask"])
+  assert not out_long["mask"][:, n:].any() and not out_long["valid"][:, n:].any()
+  np.testing.assert_allclose(out_long["pred"][:, :n] * out["valid"], out["pred"] * out["valid"], rtol=1e-4,
+                             atol=1e-5)
+  # Each example masks mask_ratio of its own real patches (not of the padded length).
+  real_patches = -(-np.asarray(counts) // P)
+  np.testing.assert_array_equal(out["mask"].sum(1),
+                                [k - layers.num_kept(int(k), 0.75) for k in real_patches])
+  # The padded tail of a partly real patch is not a target: 250 voxels = 15 patches + 10 voxels.
+  assert out["valid"][0, 15].sum() == 10 and out["valid"][0, 16:].sum() == 0
+
+
+def test_full_voxel_counts_match_the_unpadded_model():
+  x = jnp.asarray(np.random.default_rng(11).standard_normal((4, V)), jnp.float32)
+  subject = jnp.asarray([0, 1, 2, 0])
+  model = _per_subject_mbm(V)
+  r = jax.random.PRNGKey(0)
+  params = nn.meta.unbox(model.init({"params": r}, x, r, subject)["params"])
+  plain = model.apply({"params": params}, x, jax.random.PRNGKey(4), subject)
+  counted = model.apply({"params": params}, x, jax.random.PRNGKey(4), subject, jnp.full((4,), V, jnp.int32))
+  np.testing.assert_array_equal(plain["mask"], counted["mask"])
+  np.testing.assert_allclose(counted["loss"], plain["loss"], rtol=1e-6)
+
+
+def test_windowed_encoder_ignores_padding():
+  rng = np.random.default_rng(12)
+  counts = jnp.asarray([100, 320, 200], jnp.int32)
+  real = np.arange(V)[None, None] < np.asarray(counts)[:, None, None]
+  x = rng.standard_normal((3, 2, V)).astype(np.float32)
+  garbage = np.where(real, x, 1e3).astype(np.float32)
+  enc = fmri_encoder.FmriEncoder(num_voxels=V, window=2, patch_size=P, embed_dim=32, depth=2, num_heads=4,
+                                 num_subjects=3)
+  subject = jnp.asarray([0, 1, 2])
+  params = nn.meta.unbox(enc.init(jax.random.PRNGKey(0), jnp.asarray(x), subject=subject)["params"])
+  run = lambda v, c: np.asarray(enc.apply({"params": params}, jnp.asarray(v), subject=subject, num_voxels=c))
+  out = run(x, counts)
+  np.testing.assert_allclose(run(garbage, counts), out, rtol=1e-6, atol=1e-6)
+  n = V // P
+  tokens = out.reshape(3, 2, n, 32)
+  assert not tokens[0, :, 100 // P + 1:].any() and not tokens[2, :, 200 // P + 1:].any()  # padding tokens are zero
+  assert np.abs(run(garbage, None) - run(x, None)).max() > 1e-3  # without the counts padding would leak

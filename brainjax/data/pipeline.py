@@ -18,6 +18,25 @@ window element (the MinD-Vis lineage averages ~8 s for pretraining).
 Subjects with different voxel counts share a batch only when
 `voxel_padding='wrap'` pads every subject to one length (as MinD-Video did);
 otherwise the pipeline refuses to mix them.
+
+Several datasets at once (Brain Netflix's joint multi-dataset, multi-subject
+training): `make_mixture_source` joins one FmriWindowSource per dataset into a
+`MixtureSource`. Its examples add
+
+  dataset          int32   index in the list (0: the stage's main dataset)
+  subject          int32   GLOBAL subject id: dataset 0's subjects first, then
+                           dataset 1's, ... (offset = all subjects of the
+                           earlier datasets, read or not, so ids never move
+                           when a subject selection changes)
+  dataset_subject  int32   the subject's index within its dataset
+  num_voxels       int32   the subject's real voxel count
+
+and every `fmri` is padded past `num_voxels` to the mixture's length (the
+largest subject rounded up to `pad_multiple`, or `num_voxels` of the main
+dataset's config). The models take `num_voxels` and ignore the padding (zeroed,
+hidden from attention, out of the loss), so `voxel_padding` only chooses the
+fill: 'wrap' repeats the subject's voxels, 'none' pads with zeros. Stages
+configure the list with `config.<stage>.extra_datasets` (brainjax/stages/common.py).
 """
 
 from __future__ import annotations
@@ -140,6 +159,7 @@ class FmriWindowSource:
       if not 0 <= s < len(voxels):
         raise ConfigError(f"config.data.subjects contains {s}; this dataset has subjects 0..{len(voxels) - 1}.")
     self.subjects = tuple(subjects)
+    self.subject_voxels = {s: int(voxels[s]) for s in subjects}  # real voxel count of each subject read
     self.num_voxels = self._target_voxels([voxels[s] for s in subjects])
     lengths = metadata["segment_trs"][split]
     self._index = self._build_index(lengths)
@@ -253,6 +273,126 @@ def make_source(data: ml_collections.ConfigDict, split: str, spec: WindowSpec | 
   return FmriWindowSource(records, metadata, split, tuple(data.subjects), spec or WindowSpec.from_config(data))
 
 
+def dataset_key(data: ml_collections.ConfigDict) -> str:
+  """What identifies a dataset's subjects: its name and builder config (a custom spec by its digest),
+  not where its files are. Global subject tables (model.json) are keyed by it."""
+  if data.name == "synthetic":
+    return f"synthetic/{synthetic_builder_config(data).name}"
+  return f"{data.name}/{data.builder_config}"
+
+
+# Why pad to one length instead of batching per subject: one static batch shape
+# is one compiled step for every subject and dataset (per-subject batches would
+# compile once per voxel count and leave devices idle on small subjects), and
+# every global batch mixes datasets and subjects, as Brain Netflix's
+# ConcatDataset + shuffle does: the shared encoder gets gradients from all
+# subjects each step and the contrastive loss draws negatives across datasets.
+# The price is the padding's compute. The models mask it out (see
+# brainjax/models/mbm.py), so it never reaches a loss.
+class MixtureSource:
+  """Several datasets' windows as one Grain data source (see the module docstring).
+
+  Examples are dataset 0's windows, then dataset 1's, ...; `make_iterator`
+  shuffles the whole, so each window is seen once per epoch and datasets are
+  drawn in proportion to their size. With `weights` (one per dataset),
+  `make_iterator` instead interleaves the datasets in those proportions (each
+  dataset reshuffled and repeated on its own) and an epoch is `len(self)`
+  examples.
+  """
+
+  variable_voxels = True  # examples carry `num_voxels`; models must be given it
+
+  def __init__(self, sources: Sequence[FmriWindowSource], keys: Sequence[str], *, num_voxels: int = 0,
+               pad_multiple: int = 16, fill: str = "wrap", weights: Sequence[float] | None = None):
+    if not sources:
+      raise ValueError("a mixture needs at least one dataset")
+    if len(keys) != len(sources):
+      raise ValueError(f"{len(keys)} dataset keys for {len(sources)} datasets")
+    if weights is not None and (len(weights) != len(sources) or min(weights) <= 0):
+      raise ConfigError(f"dataset weights {list(weights)}: give one positive weight per dataset ({len(sources)}).")
+    if fill not in ("wrap", "zero"):
+      raise ValueError(f"fill {fill!r}: 'wrap' or 'zero'")
+    windows = {s._spec.window for s in sources}
+    if len(windows) > 1:
+      raise ConfigError(f"the datasets of a mixture have different windows {sorted(windows)}; they share one.")
+    self.sources = tuple(sources)
+    self.dataset_keys = tuple(keys)
+    self.weights = tuple(float(w) for w in weights) if weights is not None else None
+    self._fill = fill
+    lengths = [len(s) for s in sources]
+    self._starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    self._ends = np.cumsum(lengths).astype(np.int64)
+    counts = [s.dataset_subjects for s in sources]
+    self.subject_offsets = tuple(int(o) for o in np.concatenate([[0], np.cumsum(counts)[:-1]]))
+    self.dataset_subjects = int(sum(counts))  # rows of a per-subject patch embedding
+    largest = max(n for s in sources for n in s.subject_voxels.values())
+    self.num_voxels = num_voxels or -(-largest // pad_multiple) * pad_multiple
+    if self.num_voxels < largest:
+      raise ConfigError(f"config.data.num_voxels = {num_voxels} is smaller than the largest subject of the "
+                        f"datasets ({largest} voxels); raise it or set it to 0 (automatic).")
+
+  @property
+  def subject_table(self) -> list[list]:
+    """Row g (a global subject id) -> [dataset key, subject index within it]."""
+    return [[key, s] for key, source in zip(self.dataset_keys, self.sources) for s in range(source.dataset_subjects)]
+
+  def __len__(self) -> int:
+    return int(self._ends[-1])
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    i = int(i)
+    if not 0 <= i < len(self):
+      raise IndexError(f"index {i} out of range for a mixture of {len(self)} windows")
+    d = int(np.searchsorted(self._ends, i, side="right"))
+    return self._example(d, i - int(self._starts[d]))
+
+  def _example(self, d: int, j: int) -> dict[str, Any]:
+    source = self.sources[d]
+    ex = source[j]
+    local = int(ex["subject"])
+    n = source.subject_voxels[local]
+    fmri = ex["fmri"][:, :n]
+    if self._fill == "wrap":
+      fmri = fit_voxels(fmri, self.num_voxels)
+    else:
+      fmri = np.pad(fmri, [(0, 0), (0, self.num_voxels - n)])
+    ex.update(fmri=np.ascontiguousarray(fmri, np.float32), dataset=np.int32(d),
+              subject=np.int32(self.subject_offsets[d] + local), dataset_subject=np.int32(local),
+              num_voxels=np.int32(n))
+    return ex
+
+  def part(self, d: int) -> "_MixturePart":
+    """Dataset d's examples (in mixture form) as a source of their own."""
+    return _MixturePart(self, d)
+
+
+class _MixturePart:
+  def __init__(self, mixture: MixtureSource, d: int):
+    self._mixture, self._d = mixture, d
+
+  def __len__(self) -> int:
+    return len(self._mixture.sources[self._d])
+
+  def __getitem__(self, j: int) -> dict[str, Any]:
+    return self._mixture._example(self._d, int(j))
+
+
+def make_mixture_source(datas: Sequence[ml_collections.ConfigDict], split: str, *,
+                        weights: Sequence[float] | None = None) -> MixtureSource:
+  """One FmriWindowSource per data config (datas[0]: the main dataset, whose window, num_voxels,
+  pad_multiple and voxel_padding the mixture uses), joined with global subject ids."""
+  main = WindowSpec.from_config(datas[0])
+  members = []
+  for data in datas:
+    # Each dataset keeps its own windowing (shift, averaging, stride, repeats); the mixture does the
+    # padding, so a member may hold subjects of any voxel counts.
+    spec = dataclasses.replace(WindowSpec.from_config(data), voxel_padding="wrap", num_voxels=0)
+    members.append(make_source(data, split, spec))
+  return MixtureSource(members, [dataset_key(d) for d in datas], num_voxels=main.num_voxels,
+                       pad_multiple=main.pad_multiple, fill="wrap" if main.voxel_padding == "wrap" else "zero",
+                       weights=weights)
+
+
 def _check_record_order(records, metadata: dict, split: str) -> None:
   """The index math assumes generation order; verify it on segment borders."""
   lengths = metadata["segment_trs"][split]
@@ -282,16 +422,33 @@ def make_iterator(source, *, batch_size: int, seed: int, shuffle: bool = True, n
   processes, process = jax.process_count(), jax.process_index()
   if batch_size % processes:
     raise ConfigError(f"batch size {batch_size} is not divisible by the {processes} processes.")
-  ds = grain.MapDataset.source(source)
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(num_epochs)
+  if getattr(source, "weights", None):
+    ds = _weighted_mixture(source, seed=seed, shuffle=shuffle, num_epochs=num_epochs)
+  else:
+    ds = grain.MapDataset.source(source)
+    if shuffle:
+      ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)
   ds = _process_rows(ds, batch_size, process, processes, drop_remainder)
   if transform is not None:
     ds = ds.map(transform)
   ds = ds.batch(batch_size // processes, drop_remainder=drop_remainder)
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads))
   return iter(it_ds)
+
+
+def _weighted_mixture(source: MixtureSource, *, seed: int, shuffle: bool, num_epochs: int | None) -> grain.MapDataset:
+  """The datasets of `source` interleaved in proportion to `source.weights`, each shuffled and repeated
+  on its own (a new order every pass); an epoch is len(source) examples. A pure function of the index,
+  like the unweighted path, so global batches do not depend on the process count."""
+  parts = []
+  for d in range(len(source.sources)):
+    part = grain.MapDataset.source(source.part(d))
+    if shuffle:
+      part = part.shuffle(seed=int(np.random.SeedSequence([seed, d]).generate_state(1)[0]))
+    parts.append(part.repeat(None))
+  ds = grain.MapDataset.mix(parts, weights=list(source.weights))
+  return ds if num_epochs is None else ds[:len(source) * num_epochs]
 
 
 def _process_rows(ds: grain.MapDataset, batch_size: int, process: int, processes: int,

@@ -19,6 +19,12 @@ a bias-free linear map over the token axis (w*N -> 77), a bias-free D -> 768
 projection, then GELU -> linear -> dropout added back residually, and an
 optional layer norm. `pooled` (mean over the 77 tokens) is the embedding the
 contrastive losses use.
+
+Padded examples (a multi-dataset mixture): with `num_voxels` [B] (each
+example's real voxel count) the voxels past it are zeroed, the spatial
+attention never reads padding patches, and their output tokens are zero, so
+the head's token-axis map never sees them: the output does not depend on
+what the padding holds.
 """
 
 from __future__ import annotations
@@ -42,12 +48,12 @@ class SpatioTemporalBlock(nn.Module):
   norm_eps: float = layers.DEFAULT_NORM_EPS
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x: [B*w, N, D]."""
+  def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
+    """x: [B*w, N, D]; key_mask [B*w, N]: patches the spatial attention may read (None: all)."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     norm_kw = dict(kw, eps=self.norm_eps)
     bw, n, d = x.shape
-    x = x + layers.Attention(self.num_heads, name="attn", **kw)(layers.layer_norm("norm1", **norm_kw)(x))
+    x = x + layers.Attention(self.num_heads, name="attn", **kw)(layers.layer_norm("norm1", **norm_kw)(x), key_mask)
     if self.window > 1:
       b = bw // self.window
       t = x.reshape(b, self.window, n, d).transpose(0, 2, 1, 3).reshape(b * n, self.window, d)
@@ -69,11 +75,11 @@ class SpatioTemporalStack(nn.Module):
   norm_eps: float = layers.DEFAULT_NORM_EPS
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
     block = nn.remat(SpatioTemporalBlock) if self.remat else SpatioTemporalBlock
     for i in range(self.depth):
       x = block(self.num_heads, self.window, self.mlp_ratio, self.dtype, self.param_dtype, self.norm_eps,
-                name=f"block_{i}")(x)
+                name=f"block_{i}")(x, key_mask)
     return x
 
 
@@ -111,13 +117,20 @@ class FmriEncoder(nn.Module):
     return self.num_voxels // self.patch_size
 
   @nn.compact
-  def __call__(self, fmri: jax.Array, token_transform=None, subject: jax.Array | None = None) -> jax.Array:
+  def __call__(self, fmri: jax.Array, token_transform=None, subject: jax.Array | None = None,
+               num_voxels: jax.Array | None = None) -> jax.Array:
     """`token_transform` maps the embedded tokens [B, w, N, D] before the blocks
-    (NeuralFlix's spatial masking and temporal interpolation act there)."""
+    (NeuralFlix's spatial masking and temporal interpolation act there).
+    `num_voxels` [B]: real voxel counts of padded examples (see the module docstring)."""
     b, w, v = fmri.shape
     if w != self.window or v != self.num_voxels:
       raise ValueError(f"expected fMRI windows [B, {self.window}, {self.num_voxels}], got {fmri.shape}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    key_mask = None
+    if num_voxels is not None:
+      voxel_valid, patch_valid = layers.valid_voxels(num_voxels, v, self.patch_size)
+      fmri = jnp.where(voxel_valid[:, None], fmri, 0)
+      key_mask = jnp.repeat(patch_valid, w, axis=0)  # [B*w, N], volume-major like the tokens
     patches = layers.patchify(fmri.reshape(b * w, v), self.patch_size)
     per_volume = None if subject is None else jnp.repeat(subject, w)
     x = layers.PatchEmbed(self.embed_dim, self.num_subjects, name="patch_embed", **kw)(
@@ -126,8 +139,10 @@ class FmriEncoder(nn.Module):
     if token_transform is not None:
       x = token_transform(x.reshape(b, w, self.num_patches, self.embed_dim)).reshape(b * w, self.num_patches, -1)
     x = SpatioTemporalStack(self.depth, self.num_heads, self.window, self.mlp_ratio, self.remat, name="encoder",
-                            norm_eps=self.norm_eps, **kw)(x)
+                            norm_eps=self.norm_eps, **kw)(x, key_mask)
     x = layers.layer_norm("encoder_norm", eps=self.norm_eps, **kw)(x)
+    if key_mask is not None:
+      x = jnp.where(key_mask[..., None], x, 0).astype(x.dtype)
     return x.reshape(b, w * self.num_patches, self.embed_dim)
 
 

@@ -51,8 +51,13 @@ def sincos_1d(num_positions: int, dim: int) -> np.ndarray:
   return np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
   """Softmax attention on [B, N, H, d] q, k, v -> [B, N, H, d].
+
+  `key_mask` [B, M] (True = attend) hides keys, e.g. the padding tokens of a
+  subject with fewer voxels than the batch's length; every row must keep at
+  least one key. Hidden keys get exactly zero weight, so nothing a padding
+  token holds reaches the others.
 
   The softmax normalisation is applied after the value product: exp(s - max) @ v
   divided by the row sums, which is softmax(s) @ v reassociated. On CPU this
@@ -64,6 +69,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
   result is the same to float32 rounding (the parity tests check it against PyTorch).
   """
   scores = jnp.einsum("bnhd,bmhd->bhnm", q * (q.shape[-1] ** -0.5), k)
+  if key_mask is not None:
+    scores = jnp.where(key_mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
   # The max only keeps exp in range; it cancels out, so no gradient flows through it.
   weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
   out = jnp.einsum("bhnm,bmhd->bnhd", weights, v)
@@ -77,14 +84,14 @@ class Attention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
     b, n, d = x.shape
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by {self.num_heads} heads")
     qkv = dense(3 * d, ("embed", "heads"), dtype=self.dtype, param_dtype=self.param_dtype, name="qkv")(x)
     # timm splits the 3*d outputs as (3, heads, head_dim).
     q, k, v = qkv.reshape(b, n, 3, self.num_heads, d // self.num_heads).transpose(2, 0, 1, 3, 4)
-    out = attention(q, k, v).reshape(b, n, d)
+    out = attention(q, k, v, key_mask).reshape(b, n, d)
     out = nn.with_logical_constraint(out, ("act_batch", "act_tokens", "act_heads"))
     return dense(d, ("heads", "embed"), dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(out)
 
@@ -111,10 +118,10 @@ class Block(nn.Module):
   norm_eps: float = DEFAULT_NORM_EPS
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
     d = x.shape[-1]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = x + Attention(self.num_heads, name="attn", **kw)(layer_norm("norm1", eps=self.norm_eps, **kw)(x))
+    x = x + Attention(self.num_heads, name="attn", **kw)(layer_norm("norm1", eps=self.norm_eps, **kw)(x), key_mask)
     x = x + Mlp(int(d * self.mlp_ratio), name="mlp", **kw)(layer_norm("norm2", eps=self.norm_eps, **kw)(x))
     return nn.with_logical_constraint(x, ("act_batch", "act_tokens", "act_embed"))
 
@@ -130,11 +137,12 @@ class Stack(nn.Module):
   norm_eps: float = DEFAULT_NORM_EPS
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
+    """`key_mask` [B, N]: tokens the attention may read (None: all)."""
     block_cls = nn.remat(Block) if self.remat else Block
     for i in range(self.depth):
       x = block_cls(self.num_heads, self.mlp_ratio, self.dtype, self.param_dtype, self.norm_eps,
-                    name=f"block_{i}")(x)
+                    name=f"block_{i}")(x, key_mask)
     return x
 
 
@@ -145,7 +153,9 @@ class PatchEmbed(nn.Module):
   Conv1d with stride = kernel. Per subject (num_subjects = S): subject s's
   patches go through its own map (kernel [S, patch, D]), so subjects whose
   voxels mean different things share the transformer but not the read-in.
-  Either way subjects are wrap-padded to one voxel count to share a batch.
+  Either way subjects are padded to one voxel count to share a batch: wrap
+  padding (MinD-Video), or, in a multi-dataset mixture, padding the models
+  zero and hide using each example's `num_voxels` (see `valid_voxels`).
   """
   features: int
   num_subjects: int = 0
@@ -186,8 +196,12 @@ def mask_noise(rng: jax.Array, batch: int, num_tokens: int) -> jax.Array:
 
   Public so that a reference implementation can be fed the very same noise
   (MAE's `random_masking` draws `torch.rand(N, L)` and argsorts it the same way).
+  Token n's column is drawn from `fold_in(rng, n)`, so it does not depend on
+  how many tokens follow: padding appended to the voxel vector leaves the
+  real tokens' draws, hence their masks, unchanged.
   """
-  return jax.random.uniform(rng, (batch, num_tokens))
+  keys = jax.vmap(lambda n: jax.random.fold_in(rng, n))(jnp.arange(num_tokens))
+  return jax.vmap(lambda key: jax.random.uniform(key, (batch,)), out_axes=1)(keys)
 
 
 def num_kept(num_tokens: int, mask_ratio: float) -> int:
@@ -197,10 +211,24 @@ def num_kept(num_tokens: int, mask_ratio: float) -> int:
 
 def keep_indices(rng: jax.Array, batch: int, num_tokens: int, num_keep: int) -> tuple[jax.Array, jax.Array]:
   """Per-sample random masking (MAE): which tokens each sample keeps, and the inverse permutation."""
-  noise = mask_noise(rng, batch, num_tokens)
-  shuffle = jnp.argsort(noise, axis=1)
-  restore = jnp.argsort(shuffle, axis=1)
+  return keep_indices_from_noise(mask_noise(rng, batch, num_tokens), num_keep)
+
+
+def keep_indices_from_noise(noise: jax.Array, num_keep: int) -> tuple[jax.Array, jax.Array]:
+  """`keep_indices` for given noise [B, N] (lowest kept first; ties keep token order)."""
+  shuffle = jnp.argsort(noise, axis=1, stable=True)
+  restore = jnp.argsort(shuffle, axis=1, stable=True)
   return shuffle[:, :num_keep], restore
+
+
+def valid_voxels(num_voxels: jax.Array, length: int, patch: int) -> tuple[jax.Array, jax.Array]:
+  """Per-example real voxels [B, length] and patches [B, length // patch] (True = real, not padding).
+
+  A patch is real when it holds at least one real voxel; the padded tail of
+  the last real patch is zeroed by the models and left out of their losses.
+  """
+  voxels = jnp.arange(length)[None] < jnp.asarray(num_voxels, jnp.int32)[:, None]
+  return voxels, voxels.reshape(voxels.shape[0], length // patch, patch)[..., 0]
 
 
 def take_tokens(x: jax.Array, idx: jax.Array) -> jax.Array:

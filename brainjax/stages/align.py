@@ -15,21 +15,38 @@ embeddings of what was seen. Every published variant is a config switch:
                L_spa with the temporally augmented view and vice versa; with
                μ_spa = μ_tem (the paper's setting) the two readings coincide;
                here L_spa uses the spatially masked view.
-  Brain Netflix  modalities ('text',) with a fixed temperature (0.9).
+  Brain Netflix  modalities ('text',) with a fixed temperature (0.9), trained
+               jointly over several datasets and all their subjects
+               (`extra_datasets`, with encoder.per_subject_patch_embed: a shared
+               encoder with one patch embedding per (dataset, subject)).
 
 The contrastive loss sees the global batch: negatives come from every device.
 At the end the stage reports 300-way top-1 retrieval fMRI->image and
 image->fMRI on the test set (split into groups of 300 windows, as NeuroClips
 and CineNeuron do; chance 1/300).
+
+Several datasets (`config.align.extra_datasets`, format in
+brainjax/stages/common.py): the stage reads a mixture with global subject ids
+and per-example voxel counts (padding never reaches the encoder's output).
+`clip_embed` caches the CLIP embeddings of `config.data`'s stimuli; those of
+each extra dataset are computed here once, with the same towers, into
+`align/clip_embed/dataset_<i>/`. Retrieval is reported over all test windows
+and per dataset. Starting from an MBM checkpoint, per-subject patch-embedding
+rows are matched by [dataset, subject] (the MBM's `subject_table`).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import json
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
+from etils import epath
 
 from brainjax import augment, losses
 from brainjax import config as cfg
@@ -39,6 +56,13 @@ from brainjax.stages import StageContext, clip_embed, common, resolve_path
 from brainjax.train.optim import optim_config
 
 CONFIG_KEYS = ("seed", "data")
+
+
+def fingerprint(config: ml_collections.ConfigDict, name: str) -> dict:
+  """CONFIG_KEYS + config.align (as by default) plus the extra datasets read, if any."""
+  base = {k: config[k].to_dict() if isinstance(config[k], ml_collections.ConfigDict) else config[k]
+          for k in (*CONFIG_KEYS, name) if k in config}
+  return common.datasets_fingerprint(config, name, base)
 
 
 def stage_config(**overrides) -> ml_collections.ConfigDict:
@@ -57,6 +81,10 @@ def stage_config(**overrides) -> ml_collections.ConfigDict:
       optim=optim_config(lr=1e-4, weight_decay=0.05, warmup_steps=100, grad_clip_norm=1.0),
       batch_size=64, num_steps=2000, log_every_steps=50, checkpoint_every_steps=500, keep_checkpoints=2,
       retrieval_candidates=300,
+      # Brain Netflix: more datasets read jointly with config.data (dicts of config.data fields, each
+      # with its `subjects`; see brainjax/stages/common.py) and optional fixed proportions.
+      extra_datasets=(),
+      dataset_weights=(),
   ))
   stage.update(overrides)
   return stage
@@ -71,8 +99,8 @@ class FmriAligner(nn.Module):
 
   @nn.compact
   def __call__(self, fmri: jax.Array, *, deterministic: bool = True, token_transform=None,
-               subject: jax.Array | None = None):
-    condition = self.head(self.encoder(fmri, token_transform, subject), deterministic=deterministic)
+               subject: jax.Array | None = None, num_voxels: jax.Array | None = None):
+    condition = self.head(self.encoder(fmri, token_transform, subject, num_voxels), deterministic=deterministic)
     embed = nn.Dense(self.clip_dim, use_bias=False, name="to_clip")(condition.mean(axis=1))
     if self.learn_temperature:
       log_scale = self.param("logit_scale", nn.initializers.constant(np.log(1 / self.temperature)), ())
@@ -109,16 +137,28 @@ def validate(config: ml_collections.ConfigDict, name: str) -> None:
     raise cfg.ConfigError("config.align has no loss: modalities is empty and mu_spa = mu_tem = 0. For the "
                           "'no contrastive learning' ablation remove 'align' from config.stages instead.")
   common.validate_init_from(config, "align")
+  overrides = stage.get("data_overrides") or {}
+  changed = [k for k in common.DATASET_IDENTITY if k in overrides]
+  if changed:
+    raise cfg.ConfigError(f"config.align.data_overrides.{changed[0]}: align reads the CLIP embeddings stage "
+                          "clip_embed caches for config.data's stimuli; change config.data, or add the dataset "
+                          "to config.align.extra_datasets.")
+  common.validate_datasets(config, "align", splits=("train", "test"))
   if "clip_embed" not in config.stages or config.stages.index("clip_embed") > config.stages.index("align"):
     raise cfg.ConfigError("stage 'align' reads cached CLIP embeddings: put 'clip_embed' before it in config.stages.")
 
 
-def _with_embeddings(cache: dict[str, np.ndarray]):
-  """Adds the cached CLIP embeddings of each example's stimulus TR."""
+def _with_embeddings(cache: dict[str, np.ndarray] | list[dict[str, np.ndarray]]):
+  """Adds the cached CLIP embeddings of each example's stimulus TR (of its dataset, with a list of caches)."""
+  caches = [cache] if isinstance(cache, dict) else list(cache)
+
   def transform(ex):
-    r = int(ex["record"])
-    return {"fmri": ex["fmri"], "text_embed": cache["text_embeds"][r], "image_embeds": cache["image_embeds"][r],
-            "clip_id": ex["clip_id"], "subject": ex["subject"]}
+    r, c = int(ex["record"]), caches[int(ex.get("dataset", 0))]
+    out = {"fmri": ex["fmri"], "text_embed": c["text_embeds"][r], "image_embeds": c["image_embeds"][r],
+           "clip_id": ex["clip_id"], "subject": ex["subject"]}
+    if "num_voxels" in ex:
+      out["num_voxels"] = ex["num_voxels"]
+    return out
   return transform
 
 
@@ -127,7 +167,8 @@ def contrastive_loss(model: FmriAligner, stage, params, batch, rng) -> tuple[jax
   r_sparse, r_drop, r_frame, r_spa, r_tem, r_drop2, r_drop3 = jax.random.split(rng, 7)
   fmri = augment.sparsify(r_sparse, batch["fmri"], stage.sparsify_rate)
   apply = lambda drop_rng, **kw: model.apply({"params": params}, fmri, deterministic=False,
-                                             rngs={"dropout": drop_rng}, subject=batch.get("subject"), **kw)
+                                             rngs={"dropout": drop_rng}, subject=batch.get("subject"),
+                                             num_voxels=batch.get("num_voxels"), **kw)
   out = apply(r_drop)
   f, scale = out["embed"], out["scale"]
   parts = {}
@@ -154,8 +195,11 @@ def contrastive_loss(model: FmriAligner, stage, params, batch, rng) -> tuple[jax
 
 
 def model_and_loss(config: ml_collections.ConfigDict, num_voxels: int, clip_dim: int, frames_per_tr: int,
-                   num_subjects: int = 1):
-  """(model, init_variables, loss_fn, batch ShapeDtypeStructs): what training and planning share."""
+                   num_subjects: int = 1, variable_voxels: bool = False):
+  """(model, init_variables, loss_fn, batch ShapeDtypeStructs): what training and planning share.
+
+  `variable_voxels`: batches carry each example's real voxel count (`num_voxels`, a mixture).
+  """
   stage, window = config.align, config.data.window
   model = build(stage, num_voxels, window, clip_dim, num_subjects)
   per_subject = bool(model.encoder.num_subjects)
@@ -175,58 +219,140 @@ def model_and_loss(config: ml_collections.ConfigDict, num_voxels: int, clip_dim:
            "image_embeds": jax.ShapeDtypeStruct((b, frames_per_tr, clip_dim), jnp.float32)}
   if per_subject:
     batch["subject"] = jax.ShapeDtypeStruct((b,), jnp.int32)
+  if variable_voxels:
+    batch["num_voxels"] = jax.ShapeDtypeStruct((b,), jnp.int32)
   return model, init_variables, loss_fn, batch
+
+
+@dataclasses.dataclass(frozen=True)
+class _CacheContext(StageContext):
+  """A StageContext whose outputs go to `directory` (stage clip_embed run for an extra dataset)."""
+  directory: epath.Path | None = None
+
+  @property
+  def stage_dir(self) -> epath.Path:
+    return self.directory
+
+
+def clip_caches(ctx: StageContext, datasets: list[ml_collections.ConfigDict], split: str) -> list[dict]:
+  """The CLIP embedding cache of `split` for every dataset the stage reads.
+
+  Dataset 0's is stage clip_embed's. Each extra dataset's is computed once,
+  with the same towers and code (clip_embed.run), into
+  `<stage>/clip_embed/dataset_<i>/`; a marker records the tower settings and
+  the dataset, and a cache made with other ones is recomputed.
+  """
+  caches = [clip_embed.load_cache(ctx.output_of("clip_embed"), split)]
+  for i, data in enumerate(datasets[1:], 1):
+    directory = ctx.stage_dir / "clip_embed" / f"dataset_{i}"
+    marker = directory / "DONE.json"
+    expected = json.dumps({"clip_embed": ctx.config.clip_embed.to_dict(), "data": data.to_dict()},
+                          sort_keys=True, default=str)
+    if not (marker.exists() and marker.read_text() == expected):
+      logging.info("stage %s: CLIP embeddings of extra dataset %d (%s)", ctx.name, i, data.get("name"))
+      config = ml_collections.ConfigDict(ctx.config.to_dict())
+      config.data = data
+      directory.mkdir(parents=True, exist_ok=True)
+      clip_embed.run(_CacheContext(name="clip_embed", config=config, workdir=ctx.workdir, mesh=ctx.mesh,
+                                   directory=directory))
+      if jax.process_index() == 0:
+        marker.write_text(expected)
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"brainjax_{ctx.name}_clip_cache_{i}")
+    caches.append(clip_embed.load_cache(directory, split))
+  frames = {int(c["image_embeds"].shape[1]) for c in caches}
+  if len(frames) > 1:
+    raise cfg.ConfigError(f"config.{ctx.name}: the datasets show different numbers of frames per TR "
+                          f"({[int(c['image_embeds'].shape[1]) for c in caches]}); the image loss needs one "
+                          "count: choose datasets with the same fps * tr_s.")
+  return caches
 
 
 def run(ctx: StageContext) -> dict:
   stage = ctx.config.align
-  data = ctx.config.data
-  source = pipeline.make_source(data, "train")
-  cache_dir = ctx.output_of("clip_embed")
-  train_cache = clip_embed.load_cache(cache_dir, "train")
-  clip_dim = int(train_cache["text_embeds"].shape[-1])
+  datasets = common.stage_datasets(ctx.config, ctx.name)
+  source = common.make_stage_source(ctx.config, ctx.name, "train")
+  variable = getattr(source, "variable_voxels", False)
+  train_caches = clip_caches(ctx, datasets, "train")
+  clip_dim = int(train_caches[0]["text_embeds"].shape[-1])
   model, init_variables, loss_fn, batch = model_and_loss(ctx.config, source.num_voxels, clip_dim,
-                                                         int(train_cache["image_embeds"].shape[1]),
-                                                         source.dataset_subjects)
+                                                         int(train_caches[0]["image_embeds"].shape[1]),
+                                                         source.dataset_subjects, variable)
+  table = common.subject_table(ctx.config, ctx.name, source)
   initial = None
   if stage.init_from:
-    mbm_params, _ = common.load_params(resolve_path(ctx, stage.init_from))
-    initial = lambda p: dict(p, encoder=fmri_encoder.init_from_mbm(p["encoder"], mbm_params))
+    mbm_params, mbm_meta = common.load_params(resolve_path(ctx, stage.init_from))
+    initial = lambda p: dict(p, encoder=fmri_encoder.init_from_mbm(
+        p["encoder"], common.match_subjects(mbm_params, mbm_meta, p["encoder"], table)))
   iterator = pipeline.make_iterator(source, batch_size=stage.batch_size, seed=ctx.config.seed,
-                                    transform=_with_embeddings(train_cache))
+                                    transform=_with_embeddings(train_caches))
   state = common.train(ctx, init_variables=init_variables, loss_fn=loss_fn, iterator=iterator,
                        batch_keys=tuple(batch), initial_params=initial)
   params = jax.device_get(state.params)
   common.save_params(ctx.stage_dir, params, {"kind": "fmri_aligner", "num_voxels": source.num_voxels,
-                                             "window": data.window, "clip_dim": clip_dim,
-                                             "align": stage.to_dict()})
-  test = pipeline.make_source(data, "test")
-  scores = retrieval(model, params, test, clip_embed.load_cache(cache_dir, "test"), stage.retrieval_candidates)
-  return {"steps": int(jax.device_get(state.step)), "train_windows": len(source), **scores}
+                                             "window": datasets[0].window, "clip_dim": clip_dim,
+                                             "align": stage.to_dict(), "subject_table": table,
+                                             "variable_voxels": variable})
+  test = common.make_stage_source(ctx.config, ctx.name, "test", weighted=False)
+  scores = retrieval(model, params, test, clip_caches(ctx, datasets, "test"), stage.retrieval_candidates)
+  summary = {"steps": int(jax.device_get(state.step)), "train_windows": len(source), **scores}
+  if variable:
+    summary.update(num_datasets=len(datasets), num_subjects_total=source.dataset_subjects)
+  return summary
 
 
-def embed_windows(model: FmriAligner, params, source, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Pooled fMRI embeddings of every window of `source`, with their stimulus record and clip ids."""
+def embed_windows(model: FmriAligner, params, source, batch_size: int = 64, *,
+                  with_datasets: bool = False) -> tuple[np.ndarray, ...]:
+  """Pooled fMRI embeddings of every window of `source`, with their stimulus record and clip ids
+  (and, with `with_datasets`, each window's dataset index: 0 for a single dataset)."""
   per_subject = bool(model.encoder.num_subjects)
-  apply = jax.jit(lambda p, x, s: model.apply({"params": p}, x, subject=s if per_subject else None)["embed"])
-  embeds, records, clips = [], [], []
+  variable = getattr(source, "variable_voxels", False)
+  apply = jax.jit(lambda p, x, s, v: model.apply({"params": p}, x, subject=s if per_subject else None,
+                                                 num_voxels=v)["embed"])
+  embeds, records, clips, datasets = [], [], [], []
   for start in range(0, len(source), batch_size):
     exs = [source[i] for i in range(start, min(len(source), start + batch_size))]
+    counts = np.stack([e["num_voxels"] for e in exs]) if variable else None
     embeds.append(np.asarray(apply(params, np.stack([e["fmri"] for e in exs]),
-                                   np.stack([e["subject"] for e in exs]))))
+                                   np.stack([e["subject"] for e in exs]), counts)))
     records.extend(int(e["record"]) for e in exs)
     clips.extend(int(e["clip_id"]) for e in exs)
-  return np.concatenate(embeds), np.asarray(records), np.asarray(clips)
+    datasets.extend(int(e.get("dataset", 0)) for e in exs)
+  out = (np.concatenate(embeds), np.asarray(records), np.asarray(clips))
+  return out + (np.asarray(datasets),) if with_datasets else out
 
 
-def retrieval(model: FmriAligner, params, source, cache: dict[str, np.ndarray], candidates: int) -> dict[str, float]:
-  """Top-1 fMRI->image and image->fMRI among `candidates`; the image of a TR is its mean frame embedding."""
-  f, records, clips = embed_windows(model, params, source)
-  images = cache["image_embeds"][records].mean(axis=1)
-  groups = [slice(s, s + candidates) for s in range(0, len(f) - candidates + 1, candidates)]
-  if not groups:
+def retrieval(model: FmriAligner, params, source, cache: dict[str, np.ndarray] | list[dict[str, np.ndarray]],
+              candidates: int) -> dict[str, float]:
+  """Top-1 fMRI->image and image->fMRI among `candidates`; the image of a TR is its mean frame embedding.
+
+  With several datasets (`cache`: one per dataset), also per dataset
+  (`<metric>/dataset_<d>`, for datasets with at least `candidates` test windows).
+  """
+  caches = [cache] if isinstance(cache, dict) else list(cache)
+  f, records, clips, datasets = embed_windows(model, params, source, with_datasets=True)
+  images = np.stack([caches[d]["image_embeds"][r].mean(axis=0) for d, r in zip(datasets, records)])
+  # A clip is identified by (dataset, clip_id): ids of different datasets may coincide.
+  clips = np.unique(np.stack([datasets, clips], axis=1), axis=0, return_inverse=True)[1].reshape(-1)
+  out = _retrieval_scores(f, images, clips, candidates)
+  if out is None:
     raise ValueError(f"the test set has {len(f)} windows, fewer than the {candidates} retrieval candidates; "
                      "lower config.align.retrieval_candidates.")
+  if len(caches) > 1:
+    for d in range(len(caches)):
+      rows = datasets == d
+      per = _retrieval_scores(f[rows], images[rows], clips[rows], candidates)
+      for k, v in (per or {}).items():
+        if k.endswith("top1"):
+          out[f"{k}/dataset_{d}"] = v
+  return out
+
+
+def _retrieval_scores(f, images, clips, candidates: int) -> dict[str, float] | None:
+  groups = [slice(s, s + candidates) for s in range(0, len(f) - candidates + 1, candidates)]
+  if not groups:
+    return None
   score = lambda q, k, g=None: float(np.mean([losses.retrieval_top1(q[s], k[s], None if g is None else g[s])
                                               for s in groups]))
   return {"retrieval_candidates": candidates, "retrieval_groups": len(groups),
