@@ -197,18 +197,24 @@ def _embed(num: int, dim: int, names: tuple[str | None, str | None], name: str, 
 
 
 class CLIPAttention(nn.Module):
-  """Multi-head self-attention with separate q/k/v/out projections (all with bias)."""
+  """Multi-head self-attention with separate q/k/v/out projections.
+
+  CLIP gives every projection a bias; `qkv_bias` switches the q/k/v ones off
+  for the other transformers ViTs that share this block (ViT's qkv_bias=False,
+  VideoMAE's q/v-only biases; see brainjax.models.vit and .videomae).
+  """
   num_heads: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  qkv_bias: tuple[bool, bool, bool] = (True, True, True)
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
     b, t, d = x.shape
     head_dim = d // self.num_heads
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    q, k, v = (layers.dense(d, ("embed", "heads"), name=f"{p}_proj", **kw)(x).reshape(b, t, self.num_heads, head_dim)
-               for p in "qkv")
+    q, k, v = (layers.dense(d, ("embed", "heads"), use_bias=bias, name=f"{p}_proj", **kw)(x).reshape(
+        b, t, self.num_heads, head_dim) for p, bias in zip("qkv", self.qkv_bias))
     # Fully masked query rows (left padding) come out uniform over the keys, as
     # transformers' eager attention gives; only padding positions have them.
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=head_dim ** -0.5)
@@ -231,15 +237,20 @@ class CLIPMLP(nn.Module):
 
 
 class CLIPEncoderLayer(nn.Module):
-  """Pre-LN block: x + attn(ln1(x)); x + mlp(ln2(x))."""
+  """Pre-LN block: x + attn(ln1(x)); x + mlp(ln2(x)).
+
+  Also the encoder layer of transformers' ViT and VideoMAE: the config needs
+  num_attention_heads, intermediate_size, hidden_act and layer_norm_eps.
+  """
   config: CLIPTextConfig | CLIPVisionConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  qkv_bias: tuple[bool, bool, bool] = (True, True, True)
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
     c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = x + CLIPAttention(c.num_attention_heads, name="self_attn", **kw)(
+    x = x + CLIPAttention(c.num_attention_heads, qkv_bias=self.qkv_bias, name="self_attn", **kw)(
         _layer_norm(c.layer_norm_eps, "layer_norm1", **kw)(x), mask)
     x = x + CLIPMLP(c.intermediate_size, c.hidden_act, name="mlp", **kw)(
         _layer_norm(c.layer_norm_eps, "layer_norm2", **kw)(x))
@@ -247,16 +258,18 @@ class CLIPEncoderLayer(nn.Module):
 
 
 class CLIPEncoder(nn.Module):
+  """config.num_hidden_layers CLIPEncoderLayers (names layers_0, layers_1, ...)."""
   config: CLIPTextConfig | CLIPVisionConfig
   remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  qkv_bias: tuple[bool, bool, bool] = (True, True, True)
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     layer_cls = nn.remat(CLIPEncoderLayer) if self.remat else CLIPEncoderLayer
     for i in range(self.config.num_hidden_layers):
-      x = layer_cls(self.config, self.dtype, self.param_dtype, name=f"layers_{i}")(x, mask)
+      x = layer_cls(self.config, self.dtype, self.param_dtype, self.qkv_bias, name=f"layers_{i}")(x, mask)
     return x
 
 
