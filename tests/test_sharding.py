@@ -86,3 +86,34 @@ def test_bad_mesh_configs_name_the_field(mesh_config, message):
 
 def test_mesh_fill_axis():
   assert shd.mesh_shape({"data": -1, "fsdp": 2, "tensor": 1}, 8) == (4, 2, 1)
+
+
+def test_trainable_subset_trains_only_the_matching_params_sharded():
+  """A `trainable` regex mask: frozen params have no optimizer state and do not move, on an 8-device mesh."""
+  model = _model()
+  mesh = shd.make_mesh({"data": 2, "fsdp": 4, "tensor": 1}, jax.devices())
+
+  def init_variables(rng):
+    return model.init({"params": rng}, jnp.zeros((1, 256)), rng)
+
+  def loss_fn(params, model_state, batch, rng):
+    return model.apply({"params": params}, batch["fmri"], rng)["loss"], ({}, model_state)
+
+  optim = optim_config(lr=1e-2, warmup_steps=1, trainable=(r"^decoder", r"block_0/attn/"))
+  state, shardings, tx = create_train_state(init_variables, lambda p: make_optimizer(optim, 10, p),
+                                            jax.random.PRNGKey(0), mesh, RULES)
+  batch_sharding = shd.batch_sharding(mesh, RULES)
+  step = make_train_step(loss_fn, tx, shardings, {"fmri": batch_sharding}, mesh, RULES)
+  before = jax.device_get(state.params)
+  data = np.random.default_rng(0).standard_normal((16, 256)).astype(np.float32)
+  for _ in range(2):  # the warm-up's first step has lr 0
+    state, _ = step(state, shd.global_batch({"fmri": data}, batch_sharding))
+  after = jax.device_get(state.params)
+  from brainjax.convert.mapping import flatten
+  moved = {k for k, v in flatten(after).items() if not np.array_equal(v, flatten(before)[k])}
+  assert moved and all(k.startswith("decoder") or "block_0/attn/" in k for k in moved)
+  assert any(k.startswith("decoder") for k in moved) and any("block_0/attn/" in k for k in moved)
+  # Adam moments exist for the trained params only: far fewer optimizer leaves than params.
+  n_params = len(jax.tree.leaves(state.params))
+  n_moments = len(jax.tree.leaves(state.opt_state)) - 2  # minus step counters
+  assert n_moments < 2 * n_params

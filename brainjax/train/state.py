@@ -70,10 +70,11 @@ def plan_train_state(
   tx = make_tx(abstract_params)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   replicated = shd.replicated(mesh)
+  # Frozen params (a `trainable` mask) have an empty MaskedNode in the optimizer state: keep it.
   opt_shardings = optax.tree_map_params(
-      tx, lambda _, s: s, abstract_opt, param_shardings,
+      tx, lambda leaf, s: leaf if isinstance(leaf, optax.MaskedNode) else s, abstract_opt, param_shardings,
       transform_non_params=lambda _: replicated,
-      is_leaf=lambda x: isinstance(x, NamedSharding))
+      is_leaf=lambda x: isinstance(x, (NamedSharding, optax.MaskedNode)))
   state_shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
                                model_state=model_state_shardings, rng=replicated)
 
