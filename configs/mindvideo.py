@@ -3,7 +3,9 @@ r"""MinD-Video ("Cinematic Mindscapes", Chen, Qing & Zhou, NeurIPS 2023).
   python -m brainjax.main --config=configs/mindvideo.py:demo --workdir=/tmp/mindvideo_demo
   python -m brainjax.main --config=configs/mindvideo.py --workdir=gs://BUCKET/mindvideo \
       --config.clip_embed.text_path=gs://BUCKET/weights/clip-vit-large-patch14 \
-      --config.clip_embed.vision_path=gs://BUCKET/weights/clip-vit-large-patch14
+      --config.clip_embed.vision_path=gs://BUCKET/weights/clip-vit-large-patch14 \
+      --config.video_finetune.unet_path=gs://BUCKET/weights/stable-diffusion-v1-5/unet \
+      --config.video_finetune.vae_path=gs://BUCKET/weights/stable-diffusion-v1-5/vae
 
 Stages so far:
   mbm_pretrain  SC-MBM: masked brain modelling on resting-state fMRI
@@ -12,7 +14,11 @@ Stages so far:
   clip_embed    CLIP embeddings of every caption and frame, cached once
   align         the windowed spatio-temporal encoder (from MBM) contrasted with
                 CLIP text and image embeddings
-The inflated Stable Diffusion, co-training and evaluation stages are added as they land.
+  vae_fit       (demo only) a small VAE trained on the synthetic frames
+  video_finetune  SD's UNet inflated to video (sparse-causal attention over frames i-2, i-1,
+                temporal attention), fine-tuned text-to-video on the target clips; writes
+                sample GIFs generated from test captions
+Co-training with the fMRI encoder and evaluation are added as they land.
 
 Presets:
   paper  the paper's sizes: ViT 24 x 1024 (16 heads, mlp ratio 1), decoder
@@ -26,6 +32,22 @@ Ablations of Table 1 (command-line overrides):
   contrastive loss   --config.align.modalities="('text',)"  /  "('image',)"
                      none: --config.stages="('mbm_pretrain','clip_fit','clip_embed')"
   subject            --config.data.subjects="(1,)"
+
+Brain Netflix encoder (`brainnetflix_encoder`; Brain Netflix §4 Stage 1): MBM, then
+text-only alignment at a fixed temperature 0.9, both trained JOINTLY over several
+datasets and all their subjects, with a shared encoder and one patch embedding per
+(dataset, subject). Add datasets to a stage with `extra_datasets`: dicts of
+config.data fields that name a dataset and its `subjects` (format, inheritance and
+`dataset_weights` in brainjax/stages/common.py). On the demo, with a second
+synthetic dataset:
+  --config.mbm_pretrain.model.per_subject_patch_embed=True
+  --config.align.encoder.per_subject_patch_embed=True
+  --config.mbm_pretrain.extra_datasets="({'spec': {'seed': 7, 'num_subjects': 2, 'voxels_per_subject': (1200, 1400)}, 'subjects': [0, 1]},)"
+  --config.align.extra_datasets="({'spec': {'seed': 7, 'num_subjects': 2, 'voxels_per_subject': (1200, 1400)}, 'subjects': [0, 1]},)"
+  --config.align.modalities="('text',)" --config.align.learn_temperature=False --config.align.temperature=0.9
+(optionally --config.mbm_pretrain.dataset_weights="(1.0, 1.0)" for fixed proportions).
+Per-subject rows are matched by (dataset, subject) from mbm_finetune into align;
+the extra dataset's subjects start from a fresh patch embedding there.
 """
 
 import ml_collections
@@ -33,7 +55,8 @@ import ml_collections
 from brainjax import config as cfg
 from brainjax.data.pipeline import data_config
 from brainjax.models.mbm import model_config
-from brainjax.stages import align, clip_embed, clip_fit, mbm_pretrain
+from brainjax.models import video_unet
+from brainjax.stages import align, clip_embed, clip_fit, cotrain, mbm_pretrain, vae_fit, video_finetune
 from brainjax.train.optim import optim_config
 
 
@@ -50,7 +73,7 @@ def _finetune(pretrain: ml_collections.ConfigDict, **overrides) -> ml_collection
 
 def paper() -> ml_collections.ConfigDict:
   config = cfg.base_config()
-  config.stages = ["mbm_pretrain", "mbm_finetune", "clip_embed", "align"]
+  config.stages = ("mbm_pretrain", "mbm_finetune", "clip_embed", "align", "video_finetune", "cotrain")
   # cc2017 (Wen et al. 2018) for the video stages, HCP resting state for MBM.
   # Their builders are not in this version yet: validation says so.
   config.data = data_config(name="cc2017", builder_config="full256", subjects=[0], window=2, hrf_shift_trs=2,
@@ -65,12 +88,21 @@ def paper() -> ml_collections.ConfigDict:
   # openai/clip-vit-large-patch14 (what SD 1.5 conditions on): set both paths.
   config.clip_embed = clip_embed.stage_config(text_path="", vision_path="")
   config.align = align.stage_config(init_from="stage:mbm_finetune")
+  # Supplement B: SD 1.5 inflated, 6 frames (3 FPS x 2 s) at 256 x 256, lr 2e-5, batch 14, 800 steps,
+  # training attn1, attn2 and the temporal attention. Set unet_path / vae_path to a copy of SD 1.5.
+  config.video_finetune = video_finetune.stage_config(
+      unet_path="", vae_path="", variant="mindvideo", num_frames=6, resolution=256, remat=True,
+      sample=dict(count=8, sampler="ddim", num_steps=50, guidance_scale=12.5, eta=0.0, seed=0))
+  config.video_finetune.optim.trainable = [video_unet.trainable_pattern("mindvideo")]
+  # Supplement B: the encoder and the UNet's attention trained together, batch 9, lr 3e-5.
+  config.cotrain = cotrain.stage_config(num_frames=6, resolution=256, remat=True)
   return config
 
 
 def demo() -> ml_collections.ConfigDict:
   config = cfg.base_config()
-  config.stages = ["mbm_pretrain", "mbm_finetune", "clip_fit", "clip_embed", "align"]
+  config.stages = ("mbm_pretrain", "mbm_finetune", "clip_fit", "clip_embed", "align", "vae_fit", "video_finetune",
+                   "cotrain")
   config.data = data_config(builder_config="demo", subjects=[0], window=2, hrf_shift_trs=2, voxel_padding="wrap")
   encoder = dict(embed_dim=128, depth=4, num_heads=4, mlp_ratio=1.0)
   config.mbm_pretrain = mbm_pretrain.stage_config(
@@ -87,6 +119,23 @@ def demo() -> ml_collections.ConfigDict:
       head=dict(out_tokens=77, out_dim=64, dropout=0.6, use_norm=False),
       optim=optim_config(lr=3e-4, weight_decay=0.05, warmup_steps=30, grad_clip_norm=1.0),
       batch_size=32, num_steps=300, log_every_steps=50, checkpoint_every_steps=150)
+  config.vae_fit = vae_fit.stage_config()
+  # No pretrained SD for the synthetic world: a small UNet trained from scratch (all params), conditioned
+  # on the demo CLIP's caption hidden states (64 wide), on 16 x 16 x 4 latents of 6-frame clips.
+  config.video_finetune = video_finetune.stage_config(
+      vae_path="stage:vae_fit/vae", eval_vision_path="stage:clip_fit/vision", num_frames=6,
+      unet=dict(block_out_channels=(32, 64, 64), layers_per_block=1, attention_head_dim=4,
+                cross_attention_dim=64, norm_num_groups=16,
+                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")),
+      optim=optim_config(lr=5e-4, weight_decay=0.0, warmup_steps=50, grad_clip_norm=1.0),
+      batch_size=4, num_steps=500, log_every_steps=50, checkpoint_every_steps=250,
+      sample=dict(count=8, sampler="ddim", num_steps=50, guidance_scale=5.0, eta=0.0, seed=0))
+  config.cotrain = cotrain.stage_config(
+      num_frames=6, batch_size=4, num_steps=200, log_every_steps=50, checkpoint_every_steps=100,
+      optim=optim_config(lr=1e-4, weight_decay=0.0, warmup_steps=20, grad_clip_norm=1.0,
+                         trainable=cotrain.stage_config().optim.trainable),
+      sample=dict(count=8, sampler="ddim", num_steps=50, guidance_scale=5.0, eta=0.0, seed=0, adversarial=True))
   # python -m brainjax.ablate --config=configs/mindvideo.py:demo --workdir=DIR runs these.
   config.ablations = ml_collections.ConfigDict({
       "window1": ["data.window=1"],

@@ -32,6 +32,9 @@ REGISTRY: dict[str, str] = {
     "clip_fit": "brainjax.stages.clip_fit",
     "clip_embed": "brainjax.stages.clip_embed",
     "align": "brainjax.stages.align",
+    "vae_fit": "brainjax.stages.vae_fit",
+    "video_finetune": "brainjax.stages.video_finetune",
+    "cotrain": "brainjax.stages.cotrain",
 }
 
 

@@ -10,6 +10,8 @@ and writes, per split and per stimulus TR (the pipeline's `record` index):
   <split>/image_embeds.npy  float32 [R, F, P]   projected embedding of every frame
   <split>/text_hidden.npy   float32 [R, L, D]   last hidden states (the diffusion
                                                 condition), if store_text_hidden
+  uncond_hidden.npy         float32 [L, D]      the same for the empty caption: the
+                                                unconditional input of classifier-free guidance
 """
 
 from __future__ import annotations
@@ -76,6 +78,11 @@ def load_cache(stage_dir: epath.Path, split: str) -> dict[str, np.ndarray]:
   return out
 
 
+def load_uncond_hidden(stage_dir: epath.Path) -> np.ndarray:
+  """[L, D]: the text tower's last hidden states for the empty caption."""
+  return load_array(stage_dir / "uncond_hidden.npy")
+
+
 def run(ctx: StageContext) -> dict:
   stage = ctx.config.clip_embed
   text_dir = resolve_path(ctx, stage.text_path)
@@ -105,5 +112,9 @@ def run(ctx: StageContext) -> dict:
       if stage.store_text_hidden:
         save_array(ctx.stage_dir / split / "text_hidden.npy", np.concatenate(hidden))
     summary[f"{split}_records"] = len(source)
+  if stage.store_text_hidden and jax.process_index() == 0:
+    ids, mask = tokenizer.encode([""])
+    save_array(ctx.stage_dir / "uncond_hidden.npy",
+               np.asarray(clip.encode_text(text_model, text_params, ids, mask).last_hidden_state)[0])
   summary["embed_dim"] = int(text_embeds[0].shape[-1])
   return summary

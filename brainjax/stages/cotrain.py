@@ -1,0 +1,202 @@
+"""Stage `cotrain`: the fMRI encoder conditions the video UNet, and both are trained together.
+
+MinD-Video (§3.4, supplement B): the text condition of the fine-tuned video UNet
+is replaced by the fMRI encoder's 77 x 768 tokens (the projection head of
+stage `align`); the whole encoder and the UNet's attn1 / attn2 / attn_temp are
+trained with the denoising loss on the target videos (batch 9, lr 3e-5).
+NeuralFlix does the same with its dependent noise (`dependent_noise_beta`,
+Eq. 7) in training and at sampling.
+
+Reads: `encoder_from` (stage align's params/model.json: the FmriAligner),
+`unet_from` (stage video_finetune's `unet/`), `vae_path` (frozen; the clips'
+posteriors are cached at the start, as in video_finetune). Each training example
+is an fMRI window (config.data with `data_overrides`) paired with the clip of
+its stimulus TR (the first `num_frames` frames, at `resolution`).
+
+Writes: `params/` + `model.json` (the encoder, in align's format, so later stages
+read either), `unet/` (the MindVideo layout), and `samples/` GIFs of test clips
+reconstructed from test fMRI with adversarial guidance: the negative condition
+is the encoder's output for the mean test fMRI window (MindVideo's
+`uncon_fmri`), scale `sample.guidance_scale` (12.5 in the paper).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from brainjax import augment, diffusion, generation
+from brainjax import config as cfg
+from brainjax.data import pipeline
+from brainjax.models import vae
+from brainjax.models import video_unet as vu
+from brainjax.stages import StageContext, align, common, resolve_path, video_finetune
+from brainjax.train.optim import optim_config
+
+CONFIG_KEYS = ("seed", "data")
+fingerprint = common.effective_data_fingerprint
+
+
+def stage_config(**overrides) -> ml_collections.ConfigDict:
+  stage = ml_collections.ConfigDict(dict(
+      encoder_from="stage:align", unet_from="stage:video_finetune/unet",
+      vae_path="",  # "" = config.video_finetune.vae_path
+      num_frames=6, resolution=0, variant="mindvideo",
+      schedule=dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                    prediction_type="epsilon"),
+      dependent_noise_beta=0.0, sparsify_rate=0.0, remat=False,
+      # The encoder is trained whole; of the UNet, the attention layers (MinD-Video supplement B).
+      optim=optim_config(lr=3e-5, weight_decay=0.0, warmup_steps=0, schedule="constant", grad_clip_norm=1.0,
+                         trainable=(r"^fmri/", r"^unet/.*(attn1|attn2|attn_temp|norm_temp)/")),
+      batch_size=9, num_steps=1000, log_every_steps=50, checkpoint_every_steps=250, keep_checkpoints=2,
+      sample=dict(count=8, sampler="ddim", num_steps=50, guidance_scale=12.5, eta=0.0, seed=0,
+                  adversarial=True),
+      data_overrides={},
+  ))
+  stage.update(overrides)
+  return stage
+
+
+def validate(config: ml_collections.ConfigDict, name: str) -> None:
+  del name
+  stage = config.cotrain
+  common.validate_train(config, "cotrain")
+  cfg.require_positive_int(config, "cotrain.num_frames")
+  cfg.require_positive_int(config, "cotrain.resolution", allow_zero=True)
+  cfg.require_in_range(config, "cotrain.dependent_noise_beta", 0.0, 1.0)
+  cfg.require_in_range(config, "cotrain.sparsify_rate", 0.0, 0.99)
+  cfg.require_positive_int(config, "cotrain.sample.count", allow_zero=True)
+  cfg.require_choice(config, "cotrain.sample.sampler", diffusion.SAMPLERS)
+  if stage.variant not in vu.VARIANTS:
+    raise cfg.ConfigError(f"config.cotrain.variant = {stage.variant!r}; choose one of {sorted(vu.VARIANTS)}.")
+  for field in ("encoder_from", "unet_from", "vae_path"):
+    path = vae_path(config) if field == "vae_path" else stage[field]
+    if not path:
+      raise cfg.ConfigError(f"config.cotrain.{field} is empty; see the stage's docstring for what it reads.")
+    if path.startswith("stage:"):
+      source = path[len("stage:"):].split("/")[0]
+      if source not in config.stages or config.stages.index(source) > config.stages.index("cotrain"):
+        raise cfg.ConfigError(f"config.cotrain.{field} = {path!r} needs stage {source!r} before 'cotrain' in "
+                              "config.stages.")
+  try:
+    diffusion.NoiseSchedule.create(**stage.schedule.to_dict())
+  except (ValueError, TypeError) as e:
+    raise cfg.ConfigError(f"config.cotrain.schedule: {e}") from e
+
+
+def vae_path(config: ml_collections.ConfigDict) -> str:
+  """config.cotrain.vae_path, or video_finetune's when empty (the VAE the UNet was fine-tuned with)."""
+  return config.cotrain.vae_path or (config.video_finetune.vae_path if "video_finetune" in config else "")
+
+
+def load_encoder(directory) -> tuple[align.FmriAligner, dict, dict]:
+  """(FmriAligner, params, model.json) saved by stage align (or by cotrain, in the same format)."""
+  params, meta = common.load_params(directory)
+  if meta.get("kind") != "fmri_aligner":
+    raise ValueError(f"{directory} holds a {meta.get('kind')!r}, not an fMRI encoder saved by stage align; point "
+                     "config.cotrain.encoder_from at stage align's output.")
+  stage = ml_collections.ConfigDict(meta["align"])
+  model = align.build(stage, meta["num_voxels"], meta["window"], meta["clip_dim"],
+                      len(meta.get("subject_table") or [None]))
+  return model, params, meta
+
+
+def run(ctx: StageContext) -> dict:
+  stage = ctx.config.cotrain
+  encoder, encoder_params, meta = load_encoder(resolve_path(ctx, stage.encoder_from))
+  unet, unet_params = vu.load_video_unet(resolve_path(ctx, stage.unet_from), stage.variant, remat=stage.remat)
+  vae_module, vae_params = vae.load_vae(resolve_path(ctx, vae_path(ctx.config)))
+  head = encoder.head
+  if unet.config.context_dim != head.out_dim:
+    raise cfg.ConfigError(f"the fMRI encoder's condition is {head.out_dim} wide but the UNet cross-attends to "
+                          f"{unet.config.context_dim}; set config.align.head.out_dim = {unet.config.context_dim}.")
+
+  data = common.stage_data_config(ctx.config, ctx.name)
+  source = pipeline.make_source(data, "train")
+  if source.num_voxels != meta["num_voxels"] or data.window != meta["window"]:
+    raise cfg.ConfigError(f"the fMRI windows are {data.window} x {source.num_voxels} but the encoder from "
+                          f"{stage.encoder_from} takes {meta['window']} x {meta['num_voxels']}; use the data settings "
+                          "of stage align.")
+  stimuli = pipeline.make_stimulus_source(data, "train")
+  mean, std = video_finetune.posterior_cache(vae_module, vae_params, stimuli, stage.num_frames, stage.resolution)
+  schedule = diffusion.NoiseSchedule.create(**stage.schedule.to_dict())
+  beta = float(stage.dependent_noise_beta)
+  per_subject = bool(encoder.encoder.num_subjects)
+
+  def transform(ex):
+    r = int(ex["record"])
+    return {"fmri": ex["fmri"], "subject": ex["subject"], "mean": mean[r], "std": std[r]}
+
+  def condition(params, fmri, subject, *, rng=None):
+    kw = dict(deterministic=rng is None, subject=subject if per_subject else None)
+    if rng is not None:
+      kw["rngs"] = {"dropout": rng}
+    return encoder.apply({"params": params}, fmri, **kw)["condition"]
+
+  def init_variables(rng):
+    # Shapes and shardings only: both parts then start from their stages' params (initial_params below).
+    fmri_rng, unet_rng = jax.random.split(rng)
+    fmri = jnp.zeros((1, meta["window"], meta["num_voxels"]))
+    fmri_vars = encoder.init({"params": fmri_rng, "dropout": fmri_rng}, fmri,
+                             subject=jnp.zeros((1,), jnp.int32) if per_subject else None)
+    unet_vars = unet.init(unet_rng, jnp.zeros((1,) + mean.shape[1:]), jnp.zeros((), jnp.int32),
+                          jnp.zeros((1, head.out_tokens, head.out_dim)))
+    return {"params": {"fmri": fmri_vars["params"], "unet": unet_vars["params"]}}
+
+  def loss_fn(params, model_state, batch, rng):
+    sparse_rng, drop_rng, latent_rng, loss_rng = jax.random.split(rng, 4)
+    fmri = augment.sparsify(sparse_rng, batch["fmri"], stage.sparsify_rate)
+    cond = condition(params["fmri"], fmri, batch["subject"], rng=drop_rng)
+    x0 = batch["mean"] + batch["std"] * jax.random.normal(latent_rng, batch["mean"].shape)
+    predict = lambda x, t, c: unet.apply({"params": params["unet"]}, x, t, c)
+    loss = diffusion.diffusion_loss(schedule, predict, x0, cond, loss_rng, noise_fn=generation.noise_fn(beta))
+    return loss, ({}, model_state)
+
+  iterator = pipeline.make_iterator(source, batch_size=stage.batch_size, seed=ctx.config.seed, transform=transform)
+  state = common.train(ctx, init_variables=init_variables, loss_fn=loss_fn, iterator=iterator,
+                       batch_keys=("fmri", "subject", "mean", "std"),
+                       initial_params=lambda _: {"fmri": encoder_params, "unet": unet_params})
+  params = jax.device_get(state.params)
+  common.save_params(ctx.stage_dir, params["fmri"], dict(meta, trained_by="cotrain"))
+  if jax.process_index() == 0:
+    vu.save_video_unet(ctx.stage_dir / "unet", unet, params["unet"])
+  summary = {"steps": int(jax.device_get(state.step)), "train_windows": len(source)}
+  if stage.sample.count:
+    summary.update(_write_samples(ctx, data, unet, params, condition, schedule, vae_module, vae_params,
+                                  mean.shape[1:]))
+  return summary
+
+
+def mean_fmri(source) -> np.ndarray:
+  """MindVideo's `uncon_fmri`: the mean fMRI window of `source` ([window, V])."""
+  total = None
+  for i in range(len(source)):
+    x = source[i]["fmri"].astype(np.float64)
+    total = x if total is None else total + x
+  return (total / len(source)).astype(np.float32)
+
+
+def _write_samples(ctx, data, unet, params, condition, schedule, vae_module, vae_params, latent_shape) -> dict:
+  stage = ctx.config.cotrain
+  test = pipeline.make_source(data, "test")
+  picks = generation.spread_records(test, stage.sample.count)
+  exs = [test[i] for i in picks]
+  fmri = np.stack([e["fmri"] for e in exs])
+  subject = np.stack([e["subject"] for e in exs])
+  cond = condition(params["fmri"], fmri, subject)
+  negative = None
+  if stage.sample.adversarial:
+    negative = condition(params["fmri"], np.broadcast_to(mean_fmri(test), fmri.shape), subject)
+  sampler = generation.make_sampler(unet, schedule, stage.sample, float(stage.dependent_noise_beta))
+  latents = sampler(params["unet"], cond, negative, jax.random.key(stage.sample.seed),
+                    shape=(len(picks),) + tuple(latent_shape))
+  generated = generation.decode(vae_module, vae_params, latents)
+  real = generation.match_size(
+      video_finetune.clip_frames(np.stack([e["frames"] for e in exs]), stage.num_frames, "the test stimuli"),
+      generated)
+  if jax.process_index() == 0:
+    generation.write_pairs(ctx.stage_dir / "samples", real, generated, [e["caption"] for e in exs],
+                           video_finetune.dataset_fps(data), extra=[{"record": int(e["record"])} for e in exs])
+  return {"samples": len(picks)}

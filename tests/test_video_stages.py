@@ -1,0 +1,137 @@
+"""The demo's video stages on a tiny slice: vae_fit and video_finetune end to end, their outputs
+(diffusers-layout VAE, MindVideo-layout UNet, sample GIFs), resumption and config errors."""
+
+import json
+
+import numpy as np
+import pytest
+from etils import epath
+
+from brainjax import media, runner
+from brainjax.config import ConfigError
+from brainjax.models import vae
+from brainjax.models import video_unet as vu
+from tests import helpers
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_video_config(data_dir: str, steps: int = 6):
+  config = helpers.tiny_mindvideo_config(data_dir, steps=steps)
+  with config.unlocked():
+    config.stages = ("clip_fit", "clip_embed", "align", "vae_fit", "video_finetune", "cotrain")
+    config.align.init_from = ""
+    config.vae_fit.model.update(block_out_channels=(16, 16, 16), norm_num_groups=8)
+    config.vae_fit.update(batch_size=8, num_steps=steps, checkpoint_every_steps=steps, log_every_steps=2)
+    config.vae_fit.optim.warmup_steps = 1
+    stage = config.video_finetune
+    stage.unet.update(block_out_channels=(16, 32), attention_head_dim=2, cross_attention_dim=16, norm_num_groups=8,
+                      down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    stage.num_frames = 4
+    stage.update(batch_size=8, num_steps=steps, checkpoint_every_steps=steps, log_every_steps=2)
+    stage.optim.warmup_steps = 1
+    stage.sample.update(count=3, num_steps=4)
+    co = config.cotrain
+    co.update(num_frames=4, batch_size=8, num_steps=steps, checkpoint_every_steps=steps, log_every_steps=2)
+    co.optim.warmup_steps = 1
+    co.sample.update(count=2, num_steps=3)
+  return config
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  root = tmp_path_factory.mktemp("video")
+  config = tiny_video_config(str(root / "data"))
+  clip_dir = helpers.save_random_clip(str(root / "clip"))
+  with config.unlocked():
+    config.stages = tuple(s for s in config.stages if s != "clip_fit")
+    config.clip_embed.update(text_path=f"{clip_dir}/text", vision_path=f"{clip_dir}/vision")
+    config.video_finetune.eval_vision_path = f"{clip_dir}/vision"
+  summaries = runner.run(config, str(root / "run"))
+  return config, epath.Path(root / "run"), summaries
+
+
+def test_vae_fit_writes_a_diffusers_vae_with_a_fitted_scaling_factor(finished):
+  _, workdir, summaries = finished
+  summary = summaries["vae_fit"]
+  assert np.isfinite(summary["test_psnr_db"]) and summary["test_psnr_db"] > 5
+  module, _ = vae.load_vae(workdir / "vae_fit" / "vae")
+  assert module.config.scaling_factor == pytest.approx(summary["scaling_factor"])
+  assert module.config.downsampling_factor == 4
+  from diffusers import AutoencoderKL
+  torch_vae = AutoencoderKL.from_pretrained(str(workdir / "vae_fit" / "vae"))
+  assert torch_vae.config.scaling_factor == pytest.approx(summary["scaling_factor"])
+  assert (workdir / "vae_fit" / "reconstructions.png").exists()
+
+
+def test_video_finetune_saves_the_unet_and_sample_gifs(finished):
+  config, workdir, summaries = finished
+  stage = config.video_finetune
+  summary = summaries["video_finetune"]
+  assert summary["latent_shape"] == [4, 8, 8, 4] and summary["samples"] == 3
+  assert summary["sample_caption_chance"] == pytest.approx(1 / 3)
+  module, params = vu.load_video_unet(workdir / "video_finetune" / "unet")
+  assert module.video == vu.video_spec("mindvideo") and module.config.cross_attention_dim == 16
+  captions = json.loads((workdir / "video_finetune" / "samples" / "captions.json").read_text())
+  assert len(captions) == 3 and all(c["caption"] for c in captions)
+  gif = media.read_gif(workdir / "video_finetune" / "samples" / "0.gif")
+  # real | generated, 32 px each plus a 2 px gap, upscaled x2; num_frames frames
+  assert gif.shape == (stage.num_frames, 64, 2 * (2 * 32 + 2), 3)
+  assert media.read_gif(workdir / "video_finetune" / "samples" / "all.gif").shape[0] == stage.num_frames
+
+
+def test_cotrain_conditions_the_unet_on_fmri_and_saves_both(finished):
+  config, workdir, summaries = finished
+  assert summaries["cotrain"]["steps"] == config.cotrain.num_steps and summaries["cotrain"]["samples"] == 2
+  from brainjax.stages import cotrain
+  encoder, _, meta = cotrain.load_encoder(workdir / "cotrain")
+  assert meta["trained_by"] == "cotrain" and encoder.head.out_dim == 16
+  module, params = vu.load_video_unet(workdir / "cotrain" / "unet")
+  _, before = vu.load_video_unet(workdir / "video_finetune" / "unet")
+  from brainjax.convert import mapping as mp
+  flat, flat0 = mp.flatten(params), mp.flatten(before)
+  changed = {k for k in flat if not np.array_equal(flat[k], flat0[k])}
+  # only the attention layers of the UNet are trained (MinD-Video supplement B)
+  assert changed and all(any(p in k for p in ("attn1", "attn2", "attn_temp", "norm_temp")) for k in changed)
+  gif = media.read_gif(workdir / "cotrain" / "samples" / "1.gif")
+  assert gif.shape[0] == config.cotrain.num_frames
+
+
+def test_video_stage_config_errors(tmp_path):
+  config = tiny_video_config(str(tmp_path / "data"))
+  with config.unlocked():
+    config.video_finetune.unet = {}
+  with pytest.raises(ConfigError, match="give unet_path"):
+    runner.validate(config)
+  config = tiny_video_config(str(tmp_path / "data"))
+  with config.unlocked():
+    config.stages = ["clip_fit", "clip_embed", "video_finetune", "vae_fit"]
+  with pytest.raises(ConfigError, match="needs stage 'vae_fit' before"):
+    runner.validate(config)
+  config = tiny_video_config(str(tmp_path / "data"))
+  with config.unlocked():
+    config.video_finetune.variant = "animatediff"
+  with pytest.raises(ConfigError, match="variant"):
+    runner.validate(config)
+  config = tiny_video_config(str(tmp_path / "data"))
+  with config.unlocked():
+    config.video_finetune.unet.norm_num_groups = 5  # does not divide the 16 / 32 channels
+  with pytest.raises(ConfigError, match="config.video_finetune.unet"):
+    runner.validate(config)
+  config = tiny_video_config(str(tmp_path / "data"))
+  with config.unlocked():
+    config.video_finetune.uncond_prob = 1.5
+  with pytest.raises(ConfigError, match="uncond_prob"):
+    runner.validate(config)
+  config = tiny_video_config(str(tmp_path / "data"))
+  with config.unlocked():
+    config.stages = ("clip_fit", "clip_embed", "vae_fit", "video_finetune", "cotrain", "align")
+  with pytest.raises(ConfigError, match="needs stage 'align' before 'cotrain'"):
+    runner.validate(config)
+
+
+def test_too_many_frames_per_clip_is_a_config_error():
+  from brainjax.stages import video_finetune
+  with pytest.raises(ConfigError, match="num_frames = 8"):
+    video_finetune.clip_frames(np.zeros((2, 6, 4, 4, 3), np.uint8), 8, "the stimuli")
