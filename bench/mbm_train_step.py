@@ -24,30 +24,20 @@ from __future__ import annotations
 import os
 import sys
 
-# glibc returns freed blocks above the mmap threshold to the OS, so every new buffer of tens of MB
-# (attention scores, activations) is page-faulted in again: a 34 MB elementwise op takes ~21 ms
-# instead of ~7 ms on this VM, for both frameworks. Keeping freed memory in the heap removes that.
-# glibc reads these only at process start, hence the re-exec; both sides run in the same process.
-_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "8000000000"}
-if "--no_malloc_tuning" not in sys.argv and any(k not in os.environ for k in _MALLOC_ENV):
-  os.execve(sys.executable, [sys.executable, *sys.argv], {**_MALLOC_ENV, **os.environ})
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-# libgomp's default spin-wait costs ~8 ms per parallel region on this kind of VM (two vCPUs that are
-# not scheduled together): a 0.03 ms torch elementwise op takes 8 ms with 2 threads. Passive waiting
-# removes that, so the PyTorch side is measured at its best. Set before torch loads its OpenMP runtime;
-# an explicit OMP_WAIT_POLICY in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from bench import common  # noqa: E402
+
+# Re-exec with glibc's malloc thresholds raised and OMP_WAIT_POLICY=PASSIVE (see bench/common.py): both
+# frameworks run in this process, under the same environment.
+common.tune_process()
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from brainjax.models import mbm  # noqa: E402
 from brainjax.train.optim import make_optimizer, optim_config  # noqa: E402
@@ -73,34 +63,6 @@ def parse_args() -> argparse.Namespace:
   p.add_argument("--skip_torch", action="store_true")
   p.add_argument("--no_malloc_tuning", action="store_true", help="keep glibc's default malloc thresholds")
   return p.parse_args()
-
-
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
-
-
-def jax_matmul(n: int = 2048):
-  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
-  b = jnp.asarray(np.random.default_rng(1).standard_normal((n, n)), jnp.float32)
-  mm = jax.jit(jnp.matmul)
-  mm(a, b).block_until_ready()
-
-  def run() -> float:
-    """Best float32 FLOP/s of three n x n x n matmuls."""
-    best = np.inf
-    for _ in range(3):
-      t = time.perf_counter()
-      mm(a, b).block_until_ready()
-      best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
-  return run
 
 
 # --------------------------------------------------------------------------------------------- brainjax
@@ -135,14 +97,12 @@ def brainjax_runner(args, x: np.ndarray):
   t = time.perf_counter()
   compiled = step.lower(state, xs).compile()
   compile_s = time.perf_counter() - t
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   box = [state]
 
   def run() -> None:
     box[0], loss = compiled(box[0], xs)
     loss.block_until_ready()
-  return run, float(cost["flops"]), compile_s
+  return run, common.flops_of(compiled), compile_s
 
 
 # --------------------------------------------------------------------------------------------- torch
@@ -172,57 +132,39 @@ def torch_runner(args, x: np.ndarray):
   return run
 
 
-def timed(fn) -> float:
-  t = time.perf_counter()
-  fn()
-  return time.perf_counter() - t
-
-
 def main() -> None:
   args = parse_args()
   cores = os.cpu_count() or 1
   x = np.random.default_rng(0).standard_normal((args.batch, args.voxels)).astype(np.float32)
-  peak_fn = jax_matmul()
+  peak_fn = common.jax_matmul()
   jax_step, flops, compile_s = brainjax_runner(args, x)
   runners = {"brainjax": jax_step}
   if not args.skip_torch:
     import torch
     torch.set_num_threads(cores)
     runners["pytorch"] = torch_runner(args, x)
-  for run in runners.values():
-    for _ in range(args.warmup):
-      run()
   # The machine's speed drifts (a shared host): rounds interleave the two sides and a peak
   # measurement, and the figures are medians over rounds.
-  times = {name: [] for name in runners}
-  peaks = []
-  for r in range(args.steps):
-    peaks.append(peak_fn())
-    for name in (list(runners) if r % 2 == 0 else list(runners)[::-1]):
-      times[name].append(timed(runners[name]))
+  times, peaks = common.interleaved(runners, args.steps, peak_fn, warmup=args.warmup)
   peak = float(np.median(peaks))
   sps = {name: 1.0 / float(np.median(t)) for name, t in times.items()}
-  malloc = {k: os.environ.get(k) for k in _MALLOC_ENV}
+  head, peak_line = common.header(peaks)
   lines = [
-      f"date: {datetime.date.today().isoformat()}; machine: {cores} cores, {cpu_model()}; "
-      f"jax {jax.__version__} ({jax.default_backend()}); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; {malloc}",
+      head,
       f"shapes: voxels {args.voxels} (patch {args.patch} -> {args.voxels // args.patch} patches), encoder "
       f"{args.depth} x {args.embed} ({args.heads} heads, mlp ratio {args.mlp_ratio}), decoder {args.decoder_depth} x "
       f"{args.decoder_embed} ({args.decoder_heads} heads), mask {args.mask_ratio}, batch {args.batch}",
-      f"float32 matmul peak (2048^3 jnp.matmul, best of 3, median of {len(peaks)} rounds): {peak / 1e9:.1f} GFLOP/s "
-      f"(range {min(peaks) / 1e9:.0f}-{max(peaks) / 1e9:.0f})",
+      peak_line,
       f"FLOPs per step (XLA cost analysis of the compiled brainjax step): {flops / 1e9:.2f} GFLOP",
       f"brainjax (jit, donated state): {sps['brainjax']:.3f} steps/s, MFU {flops * sps['brainjax'] / peak:.1%} "
       f"(compile {compile_s:.1f} s)",
   ]
   if "pytorch" in runners:
     import torch
-    ratios = np.asarray(times["pytorch"]) / np.asarray(times["brainjax"])
     lines += [
         f"pytorch {torch.__version__} eager ({torch.get_num_threads()} threads, OMP_WAIT_POLICY="
         f"{os.environ.get('OMP_WAIT_POLICY')}): {sps['pytorch']:.3f} steps/s, MFU {flops * sps['pytorch'] / peak:.1%}",
-        f"speed ratio brainjax / pytorch: {np.median(ratios):.2f}x (median of {len(ratios)} interleaved rounds; "
-        f"range {ratios.min():.2f}-{ratios.max():.2f})",
+        common.ratio_line(times),
     ]
   print("\n".join(lines))
 
