@@ -129,10 +129,10 @@ def demo() -> ml_collections.ConfigDict:
                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")),
       optim=optim_config(lr=5e-4, weight_decay=0.0, warmup_steps=50, grad_clip_norm=1.0),
-      batch_size=4, num_steps=500, log_every_steps=50, checkpoint_every_steps=250,
+      batch_size=8, num_steps=400, log_every_steps=50, checkpoint_every_steps=200,
       sample=dict(count=8, sampler="ddim", num_steps=50, guidance_scale=5.0, eta=0.0, seed=0))
   config.cotrain = cotrain.stage_config(
-      num_frames=6, batch_size=4, num_steps=200, log_every_steps=50, checkpoint_every_steps=100,
+      num_frames=6, batch_size=8, num_steps=150, log_every_steps=50, checkpoint_every_steps=150,
       optim=optim_config(lr=1e-4, weight_decay=0.0, warmup_steps=20, grad_clip_norm=1.0,
                          trainable=cotrain.stage_config().optim.trainable),
       sample=dict(count=8, sampler="ddim", num_steps=50, guidance_scale=5.0, eta=0.0, seed=0, adversarial=True))

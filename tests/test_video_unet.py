@@ -1,6 +1,7 @@
 """Inflated video UNets (MinD-Video, Tune-A-Video, NeuralFlix): reduction to the 2-D UNet, causality,
 a PyTorch re-statement of MindVideo's transformer block, frame-pooled GroupNorm, weights in/out, errors."""
 
+import functools
 import json
 
 import flax.linen as nn
@@ -27,6 +28,12 @@ CFG = dict(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D"
 CONFIG = unet.UNetConfig.from_dict(CFG)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(module, params, *inputs):
+  """One compiled forward per module config (bound-method jits would recompile for equal modules)."""
+  return module.apply({"params": params}, *inputs)
+
+
 def _jitter(params, scale=0.3, seed=1):
   """Every param moved off its init (so zero biases / unit norms / zero-init outputs are all exercised)."""
   leaves, tree = jax.tree.flatten(params)
@@ -46,7 +53,8 @@ def _inputs(b=2, t=4, seed=0, hw=8):
           rng.standard_normal((b, 5, 16)).astype(np.float32))
 
 
-@pytest.mark.parametrize("variant", sorted(vu.VARIANTS))
+# tuneavideo differs from mindvideo only in attn1's frame indices (tested above): two variants suffice here.
+@pytest.mark.parametrize("variant", ["mindvideo", "neuralflix"])
 def test_fresh_inflation_on_identical_frames_equals_the_2d_unet(params_2d, variant):
   """Zero-initialised temporal attention, identity temporal convs, sparse-causal attn1 over copies of one
   frame, frame-pooled GroupNorm over copies: the video UNet is the 2-D UNet applied per frame."""
@@ -55,14 +63,14 @@ def test_fresh_inflation_on_identical_frames_equals_the_2d_unet(params_2d, varia
   frame, context = _inputs(b=2, t=1)
   video = np.repeat(frame, 5, axis=1)
   t = np.array([3, 800])
-  out = jax.jit(module.apply)({"params": params}, video, t, context)
-  ref = jax.jit(unet.UNet2DConditionModel(CONFIG).apply)({"params": params_2d}, frame[:, 0], t, context)
+  out = _apply(module, params, video, t, context)
+  ref = _apply(unet.UNet2DConditionModel(CONFIG), params_2d, frame[:, 0], t, context)
   assert out.shape == (2, 5, 8, 8, 4)
   np.testing.assert_allclose(out, np.repeat(np.asarray(ref)[:, None], 5, axis=1), rtol=1e-5, atol=1e-5)
   # ... and on a real video the temporal layers are live once trained (non-zero): outputs differ per frame.
   moved = _jitter(params, 0.05, seed=7)
   varied, _ = _inputs(b=2, t=5, seed=2)
-  out = np.asarray(jax.jit(module.apply)({"params": moved}, varied, t, context))
+  out = np.asarray(_apply(module, moved, varied, t, context))
   assert np.isfinite(out).all() and not np.allclose(out[:, 0], out[:, 1])
 
 
@@ -246,8 +254,7 @@ def test_weights_in_and_out(tmp_path, params_2d):
   assert again.video == module.video
   jax.tree.map(np.testing.assert_array_equal, reloaded, moved)
   video, context = _inputs(b=1, t=3)
-  np.testing.assert_array_equal(jax.jit(again.apply)({"params": reloaded}, video, 9, context),
-                                jax.jit(module.apply)({"params": moved}, video, 9, context))
+  np.testing.assert_array_equal(_apply(again, reloaded, video, 9, context), _apply(module, moved, video, 9, context))
 
   # diffusers' 2-D UNet loads the export (ignoring the temporal keys): same per-frame output on a still clip
   # for the fresh inflation (temporal layers no-ops).
@@ -259,7 +266,7 @@ def test_weights_in_and_out(tmp_path, params_2d):
     ref = torch_unet(torch.from_numpy(frame[:, 0].transpose(0, 3, 1, 2).copy()), 9,
                      torch.from_numpy(context)).sample.numpy().transpose(0, 2, 3, 1)
   mind = vu.VideoUNet(CONFIG)
-  ours = jax.jit(mind.apply)({"params": vu.load_video_unet(fresh_dir)[1]}, np.repeat(frame, 2, axis=1), 9, context)
+  ours = _apply(mind, vu.load_video_unet(fresh_dir)[1], np.repeat(frame, 2, axis=1), 9, context)
   np.testing.assert_allclose(ours[:, 1], ref, rtol=1e-4, atol=1e-4)
 
 

@@ -55,6 +55,7 @@ frame.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -320,8 +321,14 @@ def abstract_params(module: VideoUNet, *, boxed: bool = False) -> Any:
   return variables["params"] if boxed else nn.meta.unbox(variables)["params"]
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _init(module: VideoUNet, rng: jax.Array) -> Any:
+  return module.init(rng, *module.dummy_inputs())
+
+
 def init_params(module: VideoUNet, rng: jax.Array) -> Any:
-  return nn.meta.unbox(jax.jit(module.init)(rng, *module.dummy_inputs()))["params"]
+  """Freshly initialised params (compiled once per module config)."""
+  return nn.meta.unbox(_init(module, rng))["params"]
 
 
 def inflate(module: VideoUNet, params_2d: Any, rng: jax.Array) -> Any:
