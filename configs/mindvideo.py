@@ -18,7 +18,9 @@ Stages so far:
   video_finetune  SD's UNet inflated to video (sparse-causal attention over frames i-2, i-1,
                 temporal attention), fine-tuned text-to-video on the target clips; writes
                 sample GIFs generated from test captions
-Co-training with the fMRI encoder and evaluation are added as they land.
+  cotrain       the fMRI encoder's 77 tokens replace the captions; encoder and UNet attention
+                trained together; writes GIFs reconstructed from test fMRI with adversarial guidance
+Evaluation (metrics, report) is added as it lands.
 
 Presets:
   paper  the paper's sizes: ViT 24 x 1024 (16 heads, mlp ratio 1), decoder

@@ -81,13 +81,18 @@ class ProgressReport:
     self._t0 = self._last_t = None
     self._first_step = self._last_step = None
 
-  def __call__(self, step: int, *, force: bool = False) -> None:
+  def __call__(self, step: int, *, force: bool = False, done: Any = None) -> None:
+    """`done`: an array of the latest step's outputs; waited for before a report, so the rate counts
+    steps computed, not steps dispatched (jax runs ahead of the host by up to a log interval)."""
     now = time.monotonic()
     if self._t0 is None:
       self._t0, self._last_t, self._first_step, self._last_step = now, now, step, step
       return
     if not force and now - self._last_t < self.every_s:
       return
+    if done is not None:
+      jax.block_until_ready(done)
+      now = time.monotonic()
     rate = (step - self._last_step) / max(now - self._last_t, 1e-9)
     overall = (step - self._first_step) / max(now - self._t0, 1e-9)
     eta = (self.total_steps - step) / overall if overall > 0 else float("inf")
@@ -158,7 +163,7 @@ def run_train_loop(
       if on_log is not None:
         on_log(step, logged)
     saved = checkpointer.save(step, state, data_iterator, force=step == num_steps)
-    progress(step, force=step == num_steps)
+    progress(step, force=step == num_steps, done=state.step)
     if stop.requested or checkpointer.reached_preemption(step):
       if not saved:
         checkpointer.save(step, state, data_iterator, force=True)
