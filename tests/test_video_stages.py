@@ -107,7 +107,7 @@ def test_video_stage_config_errors(tmp_path):
   config = tiny_video_config(str(tmp_path / "data"))
   with config.unlocked():
     config.stages = ["clip_fit", "clip_embed", "video_finetune", "vae_fit"]
-  with pytest.raises(ConfigError, match="needs stage 'vae_fit' before"):
+  with pytest.raises(ConfigError, match="needs stage 'vae_fit' to run before"):
     runner.validate(config)
   config = tiny_video_config(str(tmp_path / "data"))
   with config.unlocked():
@@ -127,7 +127,7 @@ def test_video_stage_config_errors(tmp_path):
   config = tiny_video_config(str(tmp_path / "data"))
   with config.unlocked():
     config.stages = ("clip_fit", "clip_embed", "vae_fit", "video_finetune", "cotrain", "align")
-  with pytest.raises(ConfigError, match="needs stage 'align' before 'cotrain'"):
+  with pytest.raises(ConfigError, match="needs stage 'align' to run before 'cotrain'"):
     runner.validate(config)
 
 

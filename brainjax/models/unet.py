@@ -132,6 +132,36 @@ _UNSUPPORTED: tuple[tuple[str, Any, str], ...] = (
 )
 
 
+def validate_levels(config: Any, down_types: Sequence[str], up_types: Sequence[str], example: str,
+                    family: str) -> int:
+  """Checks a UNet config's per-level fields (norm groups, widths, block types); returns the level count.
+
+  Shared by UNetConfig and unet3d.UNet3DConfig: errors name the config class, the field and the fix.
+  """
+  name = type(config).__name__
+  _positive_int("norm_num_groups", config.norm_num_groups)
+  n = len(config.block_out_channels)
+  if n == 0:
+    raise ValueError(f"{name}.block_out_channels is empty; give one width per resolution level, e.g. "
+                     f"(320, 640, 1280, 1280) as in {example}.")
+  for i, width in enumerate(config.block_out_channels):
+    _positive_int(f"block_out_channels[{i}]", width)
+    if width % config.norm_num_groups:
+      raise ValueError(f"{name}.block_out_channels[{i}] = {width} is not divisible by norm_num_groups "
+                       f"{config.norm_num_groups} (GroupNorm needs whole groups); change one of them.")
+  for field, supported in (("down_block_types", tuple(down_types)), ("up_block_types", tuple(up_types))):
+    types = getattr(config, field)
+    if len(types) != n:
+      raise ValueError(f"{name}.{field} has {len(types)} entries but block_out_channels has {n}; give one "
+                       f"block type per resolution level.")
+    bad = sorted({t for t in types if t not in supported})
+    if bad:
+      model = name.replace("Config", "ConditionModel").replace("UNetConditionModel", "UNet2DConditionModel")
+      raise ValueError(f"{name}.{field} = {list(types)}: block type(s) {bad} are not supported; brainjax's "
+                       f"{model} implements {list(supported)} ({family}'s blocks).")
+  return n
+
+
 def _tuple(value: Any) -> Any:
   return tuple(_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
@@ -227,25 +257,7 @@ class UNetConfig:
                          f"(diffusers pads (k - 1) // 2); use 3.")
     if self.norm_num_groups is None:
       raise ValueError("UNetConfig.norm_num_groups = None (no output norm) is not supported; SD uses 32.")
-    _positive_int("norm_num_groups", self.norm_num_groups)
-    n = len(self.block_out_channels)
-    if n == 0:
-      raise ValueError("UNetConfig.block_out_channels is empty; give one width per resolution level, e.g. "
-                       "(320, 640, 1280, 1280) as in Stable Diffusion 1.5.")
-    for i, width in enumerate(self.block_out_channels):
-      _positive_int(f"block_out_channels[{i}]", width)
-      if width % self.norm_num_groups:
-        raise ValueError(f"UNetConfig.block_out_channels[{i}] = {width} is not divisible by norm_num_groups "
-                         f"{self.norm_num_groups} (GroupNorm needs whole groups); change one of them.")
-    for field, supported in (("down_block_types", (CROSS_DOWN, DOWN)), ("up_block_types", (CROSS_UP, UP))):
-      types = getattr(self, field)
-      if len(types) != n:
-        raise ValueError(f"UNetConfig.{field} has {len(types)} entries but block_out_channels has {n}; give one "
-                         f"block type per resolution level.")
-      bad = sorted({t for t in types if t not in supported})
-      if bad:
-        raise ValueError(f"UNetConfig.{field} = {list(types)}: block type(s) {bad} are not supported; brainjax's "
-                         f"UNet2DConditionModel implements {list(supported)} (Stable Diffusion 1.x's blocks).")
+    n = validate_levels(self, (CROSS_DOWN, DOWN), (CROSS_UP, UP), "Stable Diffusion 1.5", "Stable Diffusion 1.x")
     if self.mid_block_type != CROSS_MID:
       raise ValueError(f"UNetConfig.mid_block_type = {self.mid_block_type!r} is not supported; brainjax's "
                        f"UNet2DConditionModel implements {CROSS_MID!r} only.")

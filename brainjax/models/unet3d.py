@@ -181,25 +181,7 @@ class UNet3DConfig:
     if self.norm_num_groups is None:
       raise ValueError("UNet3DConfig.norm_num_groups = None is not supported (diffusers' resnets and temporal "
                        "layers need GroupNorm groups); zeroscope uses 32.")
-    _positive_int("norm_num_groups", self.norm_num_groups)
-    n = len(self.block_out_channels)
-    if n == 0:
-      raise ValueError("UNet3DConfig.block_out_channels is empty; give one width per resolution level, e.g. "
-                       "(320, 640, 1280, 1280) as in zeroscope.")
-    for i, width in enumerate(self.block_out_channels):
-      _positive_int(f"block_out_channels[{i}]", width)
-      if width % self.norm_num_groups:
-        raise ValueError(f"UNet3DConfig.block_out_channels[{i}] = {width} is not divisible by norm_num_groups "
-                         f"{self.norm_num_groups} (GroupNorm needs whole groups); change one of them.")
-    for field, supported in (("down_block_types", (CROSS_DOWN, DOWN)), ("up_block_types", (CROSS_UP, UP))):
-      types = getattr(self, field)
-      if len(types) != n:
-        raise ValueError(f"UNet3DConfig.{field} has {len(types)} entries but block_out_channels has {n}; give "
-                         f"one block type per resolution level.")
-      bad = sorted({t for t in types if t not in supported})
-      if bad:
-        raise ValueError(f"UNet3DConfig.{field} = {list(types)}: block type(s) {bad} are not supported; brainjax's "
-                         f"UNet3DConditionModel implements {list(supported)} (ModelScope / Zeroscope's blocks).")
+    unet.validate_levels(self, (CROSS_DOWN, DOWN), (CROSS_UP, UP), "zeroscope", "ModelScope / Zeroscope")
     for i, width in enumerate(self.block_out_channels):
       if self.attention_head_dim > width:
         raise ValueError(f"UNet3DConfig.attention_head_dim = {self.attention_head_dim} (the width of every "

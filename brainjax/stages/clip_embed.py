@@ -51,11 +51,7 @@ def validate(config: ml_collections.ConfigDict, name: str) -> None:
     if not path:
       raise cfg.ConfigError(f"config.clip_embed.{field} is empty: give a transformers CLIP checkpoint directory "
                             "(e.g. a local or gs:// copy of openai/clip-vit-large-patch14).")
-    if path.startswith("stage:"):
-      stage = path[len("stage:"):].split("/")[0]
-      if stage not in config.stages or config.stages.index(stage) > config.stages.index("clip_embed"):
-        raise cfg.ConfigError(f"config.clip_embed.{field} = {path!r} needs stage {stage!r} to run before "
-                              "'clip_embed' in config.stages.")
+    common.validate_stage_path(config, "clip_embed", field, path)
 
 
 def save_array(path: epath.Path, array: np.ndarray) -> None:

@@ -254,6 +254,15 @@ def initial_params_matching_subjects(ctx: StageContext, init_from: str,
   return lambda params: params_lib.overlay(params, match_subjects(source, meta, params, table))
 
 
+def validate_stage_path(config: ml_collections.ConfigDict, stage: str, field: str, path: str) -> None:
+  """A 'stage:<name>/...' path in config.<stage>.<field> must name a stage that runs before `stage`."""
+  if path.startswith("stage:"):
+    source = path[len("stage:"):].split("/")[0]
+    if source not in config.stages or config.stages.index(source) > config.stages.index(stage):
+      raise cfg.ConfigError(f"config.{stage}.{field} = {path!r} needs stage {source!r} to run before {stage!r} "
+                            "in config.stages.")
+
+
 def validate_init_from(config: ml_collections.ConfigDict, stage: str) -> None:
   """`config.<stage>.init_from = 'stage:<earlier>'` must name a stage that runs earlier."""
   init_from = config[stage].get("init_from", "")

@@ -75,11 +75,7 @@ def validate(config: ml_collections.ConfigDict, name: str) -> None:
     path = vae_path(config) if field == "vae_path" else stage[field]
     if not path:
       raise cfg.ConfigError(f"config.cotrain.{field} is empty; see the stage's docstring for what it reads.")
-    if path.startswith("stage:"):
-      source = path[len("stage:"):].split("/")[0]
-      if source not in config.stages or config.stages.index(source) > config.stages.index("cotrain"):
-        raise cfg.ConfigError(f"config.cotrain.{field} = {path!r} needs stage {source!r} before 'cotrain' in "
-                              "config.stages.")
+    common.validate_stage_path(config, "cotrain", field, path)
   try:
     diffusion.NoiseSchedule.create(**stage.schedule.to_dict())
   except (ValueError, TypeError) as e:

@@ -90,12 +90,8 @@ def validate(config: ml_collections.ConfigDict, name: str) -> None:
     raise cfg.ConfigError(f"config.video_finetune.schedule: {e}") from e
   for field in ("vae_path", "text_cache", "eval_vision_path", "unet_path"):
     path = stage.get(field, "")
-    if path.startswith("stage:"):
-      source = path[len("stage:"):].split("/")[0]
-      if source not in config.stages or config.stages.index(source) > config.stages.index("video_finetune"):
-        raise cfg.ConfigError(f"config.video_finetune.{field} = {path!r} needs stage {source!r} before "
-                              "'video_finetune' in config.stages.")
-    elif field in ("vae_path", "text_cache") and not path:
+    common.validate_stage_path(config, "video_finetune", field, path)
+    if field in ("vae_path", "text_cache") and not path:
       raise cfg.ConfigError(f"config.video_finetune.{field} is empty; see the stage's docstring for what it reads.")
 
 
