@@ -62,24 +62,13 @@ def stage_config(**overrides) -> ml_collections.ConfigDict:
 def validate(config: ml_collections.ConfigDict, name: str) -> None:
   del name
   stage = config.cotrain
-  common.validate_train(config, "cotrain")
-  cfg.require_positive_int(config, "cotrain.num_frames")
-  cfg.require_positive_int(config, "cotrain.resolution", allow_zero=True)
-  cfg.require_in_range(config, "cotrain.dependent_noise_beta", 0.0, 1.0)
+  video_finetune.validate_video_training(config, "cotrain")
   cfg.require_in_range(config, "cotrain.sparsify_rate", 0.0, 0.99)
-  cfg.require_positive_int(config, "cotrain.sample.count", allow_zero=True)
-  cfg.require_choice(config, "cotrain.sample.sampler", diffusion.SAMPLERS)
-  if stage.variant not in vu.VARIANTS:
-    raise cfg.ConfigError(f"config.cotrain.variant = {stage.variant!r}; choose one of {sorted(vu.VARIANTS)}.")
   for field in ("encoder_from", "unet_from", "vae_path"):
     path = vae_path(config) if field == "vae_path" else stage[field]
     if not path:
       raise cfg.ConfigError(f"config.cotrain.{field} is empty; see the stage's docstring for what it reads.")
     common.validate_stage_path(config, "cotrain", field, path)
-  try:
-    diffusion.NoiseSchedule.create(**stage.schedule.to_dict())
-  except (ValueError, TypeError) as e:
-    raise cfg.ConfigError(f"config.cotrain.schedule: {e}") from e
 
 
 def vae_path(config: ml_collections.ConfigDict) -> str:

@@ -63,19 +63,29 @@ def stage_config(**overrides) -> ml_collections.ConfigDict:
   return stage
 
 
+def validate_video_training(config: ml_collections.ConfigDict, name: str) -> None:
+  """The fields every stage that trains and samples the video UNet has (video_finetune, cotrain)."""
+  stage = config[name]
+  common.validate_train(config, name)
+  cfg.require_positive_int(config, f"{name}.num_frames")
+  cfg.require_positive_int(config, f"{name}.resolution", allow_zero=True)
+  cfg.require_in_range(config, f"{name}.dependent_noise_beta", 0.0, 1.0)
+  cfg.require_positive_int(config, f"{name}.sample.count", allow_zero=True)
+  cfg.require_positive_int(config, f"{name}.sample.num_steps")
+  cfg.require_choice(config, f"{name}.sample.sampler", diffusion.SAMPLERS)
+  if stage.variant not in vu.VARIANTS:
+    raise cfg.ConfigError(f"config.{name}.variant = {stage.variant!r}; choose one of {sorted(vu.VARIANTS)}.")
+  try:
+    diffusion.NoiseSchedule.create(**stage.schedule.to_dict())
+  except (ValueError, TypeError) as e:
+    raise cfg.ConfigError(f"config.{name}.schedule: {e}") from e
+
+
 def validate(config: ml_collections.ConfigDict, name: str) -> None:
   del name
   stage = config.video_finetune
-  common.validate_train(config, "video_finetune")
-  cfg.require_positive_int(config, "video_finetune.num_frames")
-  cfg.require_positive_int(config, "video_finetune.resolution", allow_zero=True)
+  validate_video_training(config, "video_finetune")
   cfg.require_in_range(config, "video_finetune.uncond_prob", 0.0, 1.0)
-  cfg.require_in_range(config, "video_finetune.dependent_noise_beta", 0.0, 1.0)
-  cfg.require_positive_int(config, "video_finetune.sample.count", allow_zero=True)
-  cfg.require_positive_int(config, "video_finetune.sample.num_steps")
-  cfg.require_choice(config, "video_finetune.sample.sampler", diffusion.SAMPLERS)
-  if stage.variant not in vu.VARIANTS:
-    raise cfg.ConfigError(f"config.video_finetune.variant = {stage.variant!r}; choose one of {sorted(vu.VARIANTS)}.")
   if not stage.unet_path and not stage.unet:
     raise cfg.ConfigError("config.video_finetune: give unet_path (a diffusers SD unet/ directory, e.g. a copy of "
                           "stable-diffusion-v1-5/unet) or unet (UNetConfig fields to train from scratch).")
@@ -84,10 +94,6 @@ def validate(config: ml_collections.ConfigDict, name: str) -> None:
       unet.UNetConfig.from_dict(stage.unet.to_dict())
     except ValueError as e:
       raise cfg.ConfigError(f"config.video_finetune.unet: {e}") from e
-  try:
-    diffusion.NoiseSchedule.create(**stage.schedule.to_dict())
-  except (ValueError, TypeError) as e:
-    raise cfg.ConfigError(f"config.video_finetune.schedule: {e}") from e
   for field in ("vae_path", "text_cache", "eval_vision_path", "unet_path"):
     path = stage.get(field, "")
     common.validate_stage_path(config, "video_finetune", field, path)
