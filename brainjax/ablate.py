@@ -16,6 +16,7 @@ again). The summaries of the last stage of every run are gathered into
 from __future__ import annotations
 
 import ast
+import copy
 import json
 import os
 
@@ -65,8 +66,12 @@ def _split_overrides(text: str) -> list[str]:
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
-  """A copy of `config` with "a.b=value" overrides (values as Python literals, else strings)."""
-  config = ml_collections.ConfigDict(config.to_dict())
+  """A copy of `config` with "a.b=value" overrides (values as Python literals, else strings).
+
+  The copy keeps the recipe's field references (e.g. NeuralFlix's one `neuralflix_beta` read by
+  several stages), so overriding the referenced field changes every stage that reads it.
+  """
+  config = copy.deepcopy(config)
   for item in overrides:
     path, sep, raw = item.partition("=")
     if not sep:

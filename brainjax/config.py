@@ -8,7 +8,10 @@ deep inside a jitted step an hour into a pod reservation.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import pathlib
+import types
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -30,6 +33,22 @@ def select_preset(preset: str | None, presets: dict[str, Callable[[], ml_collect
   config = presets[name]()
   config.preset = name
   return config
+
+
+def sibling_recipe(name: str, near: str) -> types.ModuleType:
+  """The recipe file `<name>.py` in the directory of `near` (a recipe's `__file__`).
+
+  One recipe builds on another this way (NeuralFlix is MinD-Video's pipeline with
+  augmentations and dependent noise) without `configs/` having to be importable:
+  config files are loaded by path, from wherever the user keeps them.
+  """
+  path = pathlib.Path(near).with_name(f"{name}.py")
+  if not path.exists():
+    raise ConfigError(f"recipe {name!r} not found at {path}; keep the recipe files of configs/ together.")
+  spec = importlib.util.spec_from_file_location(f"brainjax_recipe_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def _field(path: str, value: Any) -> str:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import ml_collections
+
+from brainjax import config as config_lib
 
 # A simulator spec small enough to generate in a few seconds.
 TINY_SPEC = dict(seed=3, resolution=32, num_subjects=2, voxels_per_subject=(250, 310), train_segments=2,
@@ -12,10 +12,7 @@ TINY_SPEC = dict(seed=3, resolution=32, num_subjects=2, voxels_per_subject=(250,
 
 
 def load_recipe(name: str, preset: str = "demo") -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location(f"{name}_recipe", f"configs/{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset)
+  return config_lib.sibling_recipe(name, "configs/_.py").get_config(preset)
 
 
 def tiny_mbm_config(data_dir: str, *, num_steps: int = 40, checkpoint_every: int = 10) -> ml_collections.ConfigDict:

@@ -6,18 +6,40 @@ from ml_collections import config_flags  # noqa: F401  (the loader main.py uses)
 from brainjax import runner
 from brainjax.config import ConfigError
 from brainjax.config import select_preset
+from tests import helpers
 
 
-def _load(preset="demo"):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("mindvideo_recipe", "configs/mindvideo.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset)
+RECIPES = ("mindvideo", "neuralflix")
 
 
-def test_demo_preset_validates():
-  runner.validate(_load("demo"))
+def _load(preset="demo", recipe="mindvideo"):
+  return helpers.load_recipe(recipe, preset)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_demo_preset_validates(recipe):
+  runner.validate(_load("demo", recipe))
+
+
+def test_neuralflix_is_mindvideo_with_augmentation_unet_variant_and_dependent_noise():
+  mind, flix = _load("paper"), _load("paper", "neuralflix")
+  assert flix.stages == mind.stages
+  assert (flix.align.spatial_mask_ratio, flix.align.mu_spa, flix.align.mu_tem) == (0.2, 1.0, 1.0)
+  assert flix.align.temporal_interp_ratio == pytest.approx(1 / 3) and flix.align.emb_reduction == "sum"
+  assert mind.align.spatial_mask_ratio == 0.0 and mind.video_finetune.dependent_noise_beta == 0.0
+  for stage in ("video_finetune", "cotrain"):
+    assert flix[stage].variant == "neuralflix" and flix[stage].dependent_noise_beta == 0.75
+  assert (flix.video_finetune.num_steps, flix.cotrain.batch_size, flix.cotrain.optim.lr) == (1000, 24, 2e-5)
+
+
+def test_one_beta_knob_reaches_every_stage_also_through_ablation_overrides():
+  from brainjax import ablate
+  config = _load("demo", "neuralflix")
+  off = ablate.apply_overrides(config, ["neuralflix_beta=0.0"])
+  assert off.video_finetune.dependent_noise_beta == 0.0 and off.cotrain.dependent_noise_beta == 0.0
+  assert config.cotrain.dependent_noise_beta == 0.75  # the base is untouched
+  for name, overrides in config.ablations.items():  # every listed ablation row applies cleanly
+    ablate.apply_overrides(config, list(overrides))
 
 
 def test_unknown_preset_lists_known_ones():

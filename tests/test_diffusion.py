@@ -153,6 +153,36 @@ def test_diffusion_loss_with_pluggable_noise():
     schedules.diffusion_loss(schedule, lambda x, t, c: x[:, 0], x0, None, jax.random.key(0))
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_min_snr_loss_matches_diffusers_training_script(prediction_type):
+  """diffusers' train_text_to_image --snr_gamma: per-sample MSE x min(SNR, γ) / (SNR | SNR + 1 | 1)."""
+  from diffusers.training_utils import compute_snr
+  schedule = NoiseSchedule.create(**SD_BETAS, prediction_type=prediction_type)
+  ref = DDIMScheduler(**SD_BETAS, prediction_type=prediction_type)
+  x0, prediction = _normal(3, (5, 2, 4, 4, 4)), _normal(4, (5, 2, 4, 4, 4))
+  t = jnp.array([0, 10, 250, 700, 999], jnp.int32)
+  rng, gamma = jax.random.key(5), 5.0
+  loss = schedules.diffusion_loss(schedule, lambda x, tt, c: prediction, x0, None, rng, t=t, snr_gamma=gamma)
+
+  noise = noise_lib.gaussian_noise(jax.random.split(rng)[1], x0.shape, x0.dtype)
+  target = torch.from_numpy(np.array(schedules.training_target(schedule, x0, noise, t)))
+  tt = torch.from_numpy(np.asarray(t)).long()
+  snr = compute_snr(ref, tt)
+  weights = torch.stack([snr, gamma * torch.ones_like(snr)], dim=1).min(dim=1)[0]
+  if prediction_type == "epsilon":
+    weights = weights / snr
+  elif prediction_type == "v_prediction":
+    weights = weights / (snr + 1)
+  per_sample = torch.nn.functional.mse_loss(torch.from_numpy(np.array(prediction)), target, reduction="none")
+  expected = (per_sample.mean(dim=list(range(1, per_sample.ndim))) * weights).mean()
+  _close(loss, expected.numpy(), rtol=1e-5)
+  # gamma 0 is the plain loss; a negative gamma is an error
+  plain = schedules.diffusion_loss(schedule, lambda x, tt, c: prediction, x0, None, rng, t=t)
+  _close(plain, torch.nn.functional.mse_loss(torch.from_numpy(np.array(prediction)), target).numpy(), rtol=1e-6)
+  with pytest.raises(ValueError, match="snr_gamma"):
+    schedules.diffusion_loss(schedule, lambda x, tt, c: prediction, x0, None, rng, t=t, snr_gamma=-1.0)
+
+
 # ---------------------------------------------------------------------------------------------- dependent noise
 
 

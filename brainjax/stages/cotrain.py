@@ -46,7 +46,7 @@ def stage_config(**overrides) -> ml_collections.ConfigDict:
       num_frames=6, resolution=0, variant="mindvideo",
       schedule=dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                     prediction_type="epsilon"),
-      dependent_noise_beta=0.0, sparsify_rate=0.0, remat=False,
+      dependent_noise_beta=0.0, snr_gamma=0.0, sparsify_rate=0.0, remat=False,
       # The encoder is trained whole; of the UNet, the attention layers (MinD-Video supplement B).
       optim=optim_config(lr=3e-5, weight_decay=0.0, warmup_steps=0, schedule="constant", grad_clip_norm=1.0,
                          trainable=(r"^fmri/", r"^unet/.*(attn1|attn2|attn_temp|norm_temp)/")),
@@ -136,7 +136,8 @@ def run(ctx: StageContext) -> dict:
     cond = condition(params["fmri"], fmri, batch["subject"], rng=drop_rng)
     x0 = batch["mean"] + batch["std"] * jax.random.normal(latent_rng, batch["mean"].shape)
     predict = lambda x, t, c: unet.apply({"params": params["unet"]}, x, t, c)
-    loss = diffusion.diffusion_loss(schedule, predict, x0, cond, loss_rng, noise_fn=generation.noise_fn(beta))
+    loss = diffusion.diffusion_loss(schedule, predict, x0, cond, loss_rng, noise_fn=generation.noise_fn(beta),
+                                   snr_gamma=stage.snr_gamma)
     return loss, ({}, model_state)
 
   iterator = pipeline.make_iterator(source, batch_size=stage.batch_size, seed=ctx.config.seed, transform=transform)
