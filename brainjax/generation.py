@@ -3,7 +3,8 @@
   make_sampler(unet, schedule, sample_cfg, beta)   jit(params, cond, negative, rng, shape) -> latents
                                                    (one lax.scan; DDIM / DPM-Solver++; guidance with
                                                    an arbitrary negative condition; dependent initial
-                                                   noise when beta > 0, NeuralFlix Eq. 7)
+                                                   noise when beta > 0, NeuralFlix Eq. 7); rng is one
+                                                   key for the batch or one key per sample [B]
   decode(vae_module, vae_params, latents)          -> uint8 videos [B, T, H, W, 3]
   match_size(real, like)                           real clips resized to the generated ones' size
   write_pairs(directory, real, generated, captions, fps)   <i>.gif (real | generated), all.gif,
@@ -30,21 +31,70 @@ from brainjax import diffusion, media
 from brainjax.models import vae
 
 
-def noise_fn(beta: float) -> diffusion.NoiseFn:
-  return diffusion.dependent_noise_fn(beta) if beta > 0 else diffusion.gaussian_noise
+def noise_fn(beta: float, frame_axis: int = 1) -> diffusion.NoiseFn:
+  """NeuralFlix's dependent noise when beta > 0, else i.i.d. Gaussian; frames along `frame_axis`
+  (1 for a batch of video latents [B, T, h, w, c], 0 for one sample's [T, h, w, c])."""
+  return diffusion.dependent_noise_fn(beta, frame_axis) if beta > 0 else diffusion.gaussian_noise
+
+
+# diffusion.sample draws DDIM's eta > 0 noise of step i from fold_in(rng, i) of ONE key. With
+# per-sample keys it is given this fixed root instead, and `_per_sample_noise` folds the step key it
+# receives (a function of i alone) into each sample's own key.
+_STEP_ROOT = 0x5EED
+
+
+def _is_key_batch(rng: jax.Array) -> bool:
+  """True for one key per sample: typed keys [B] or raw uint32 keys [B, 2]."""
+  if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    return rng.ndim == 1
+  return rng.ndim == 2
+
+
+def _per_sample_noise(keys: jax.Array) -> diffusion.NoiseFn:
+  """A NoiseFn for diffusion.sample whose sample b depends only on keys[b] and the step (Gaussian, as
+  the single-key path's eta > 0 noise)."""
+
+  def draw(step_key, shape, dtype=jnp.float32):
+    words = jax.random.key_data(step_key).reshape(-1)
+    def sample(key):
+      for w in words:  # both words: injective in the step, unlike one 32-bit hash of it
+        key = jax.random.fold_in(key, w)
+      return diffusion.gaussian_noise(key, shape[1:], dtype)
+    return jax.vmap(sample)(keys)
+
+  return draw
 
 
 def make_sampler(module, schedule: diffusion.NoiseSchedule, sample_cfg, beta: float = 0.0):
-  """jit(params, cond [B, ...], negative [B, ...] or None, rng, shape) -> latents [B, T, h, w, c]."""
+  """jit(params, cond [B, ...], negative [B, ...] or None, rng, shape) -> latents [B, T, h, w, c].
+
+  rng is either one key for the whole batch (the initial noise is noise_fn(rng, shape), DDIM's
+  eta > 0 noise comes from fold_in(rng, 1)), or one key per sample (typed keys [B] or raw keys
+  [B, 2]): sample b's initial noise is noise_fn(keys[b], shape[1:]) (dependent noise within the
+  sample) and its eta > 0 noise (Gaussian, as with one key) comes from fold_in(keys[b], 1) and the
+  step alone. With per-sample keys a sample's noise does not depend on which batch, device or
+  process it is generated in: keys fold_in(key(seed), record) give every test window the same
+  starting point for any device count and batch size (stage evaluate).
+  """
 
   @functools.partial(jax.jit, static_argnames=("shape",))
   def run(params, cond, negative, rng, shape):
-    init = noise_fn(beta)(rng, shape, jnp.float32)
+    if _is_key_batch(rng):
+      keys = rng if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(rng)
+      if keys.shape[0] != shape[0]:
+        raise ValueError(f"make_sampler: {keys.shape[0]} per-sample keys for a batch of {shape[0]}; pass one key "
+                         "per sample or a single key.")
+      init = jax.vmap(lambda k: noise_fn(beta, frame_axis=0)(k, shape[1:], jnp.float32))(keys)
+      step_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+      step_rng, step_noise = jax.random.key(_STEP_ROOT), _per_sample_noise(step_keys)
+    else:
+      init = noise_fn(beta)(rng, shape, jnp.float32)
+      step_rng, step_noise = jax.random.fold_in(rng, 1), None
     denoise = lambda x, t, c: module.apply({"params": params}, x, t, c)
     return diffusion.sample(denoise, schedule, init, cond, sampler=sample_cfg.sampler,
                             num_steps=sample_cfg.num_steps, eta=sample_cfg.eta,
                             guidance_scale=sample_cfg.guidance_scale if negative is not None else None,
-                            negative_cond=negative, rng=jax.random.fold_in(rng, 1))
+                            negative_cond=negative, rng=step_rng, noise_fn=step_noise)
   return run
 
 

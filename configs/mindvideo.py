@@ -7,7 +7,7 @@ r"""MinD-Video ("Cinematic Mindscapes", Chen, Qing & Zhou, NeurIPS 2023).
       --config.video_finetune.unet_path=gs://BUCKET/weights/stable-diffusion-v1-5/unet \
       --config.video_finetune.vae_path=gs://BUCKET/weights/stable-diffusion-v1-5/vae
 
-Stages so far:
+Stages:
   mbm_pretrain  SC-MBM: masked brain modelling on resting-state fMRI
   mbm_finetune  the same on the target dataset's fMRI (stage A2), from mbm_pretrain
   clip_fit      (demo only) a small CLIP trained on the synthetic frames and captions
@@ -20,7 +20,13 @@ Stages so far:
                 sample GIFs generated from test captions
   cotrain       the fMRI encoder's 77 tokens replace the captions; encoder and UNet attention
                 trained together; writes GIFs reconstructed from test fMRI with adversarial guidance
-Evaluation (metrics, report) is added as it lands.
+  classifier_fit (demo only) stand-ins for the papers' ImageNet ViT and Kinetics VideoMAE:
+                classifiers of the synthetic object class (per frame) and motion (per clip)
+  evaluate      every test window (demo: 24) reconstructed from fMRI with adversarial guidance;
+                SSIM / PSNR per frame index and per video, N-way top-1 with the image and video
+                classifiers, each next to its baselines (chance, shuffled pairs, mean-fMRI
+                condition); evaluate/metrics.json and evaluate/report.html. Sharded over every
+                device and process; re-evaluate a trained run with --config.stages="('evaluate',)"
 
 Presets:
   paper  the paper's sizes: ViT 24 x 1024 (16 heads, mlp ratio 1), decoder
@@ -34,6 +40,7 @@ Ablations of Table 1 (command-line overrides):
   contrastive loss   --config.align.modalities="('text',)"  /  "('image',)"
                      none: --config.stages="('mbm_pretrain','clip_fit','clip_embed')"
   subject            --config.data.subjects="(1,)"
+  adversarial guidance  --config.evaluate.sample.adversarial=False
 
 Brain Netflix encoder (`brainnetflix_encoder`; Brain Netflix §4 Stage 1): MBM, then
 text-only alignment at a fixed temperature 0.9, both trained JOINTLY over several
@@ -58,7 +65,8 @@ from brainjax import config as cfg
 from brainjax.data.pipeline import data_config
 from brainjax.models.mbm import model_config
 from brainjax.models import video_unet
-from brainjax.stages import align, clip_embed, clip_fit, cotrain, mbm_pretrain, vae_fit, video_finetune
+from brainjax.stages import (align, classifier_fit, clip_embed, clip_fit, cotrain, evaluate, mbm_pretrain, vae_fit,
+                             video_finetune)
 from brainjax.train.optim import optim_config
 
 
@@ -75,7 +83,7 @@ def _finetune(pretrain: ml_collections.ConfigDict, **overrides) -> ml_collection
 
 def paper() -> ml_collections.ConfigDict:
   config = cfg.base_config()
-  config.stages = ("mbm_pretrain", "mbm_finetune", "clip_embed", "align", "video_finetune", "cotrain")
+  config.stages = ("mbm_pretrain", "mbm_finetune", "clip_embed", "align", "video_finetune", "cotrain", "evaluate")
   # cc2017 (Wen et al. 2018) for the video stages, HCP resting state for MBM.
   # Their builders are not in this version yet: validation says so.
   config.data = data_config(name="cc2017", builder_config="full256", subjects=[0], window=2, hrf_shift_trs=2,
@@ -98,13 +106,19 @@ def paper() -> ml_collections.ConfigDict:
   config.video_finetune.optim.trainable = [video_unet.trainable_pattern("mindvideo")]
   # Supplement B: the encoder and the UNet's attention trained together, batch 9, lr 3e-5.
   config.cotrain = cotrain.stage_config(num_frames=6, resolution=256, remat=True)
+  # §4.3: every test window, DDIM 200 steps, adversarial guidance 12.5. Set the classifier paths to
+  # copies of google/vit-base-patch16-224 and MCG-NJU/videomae-base-finetuned-kinetics ("" skips one).
+  config.evaluate = evaluate.stage_config(
+      max_samples=0, batch_per_device=2, image_classifier_path="", video_classifier_path="",
+      sample=dict(sampler="ddim", num_steps=200, guidance_scale=12.5, eta=0.0, seed=0, adversarial=True),
+      n_way=(2, 50), top_k=1, trials=100)
   return config
 
 
 def demo() -> ml_collections.ConfigDict:
   config = cfg.base_config()
   config.stages = ("mbm_pretrain", "mbm_finetune", "clip_fit", "clip_embed", "align", "vae_fit", "video_finetune",
-                   "cotrain")
+                   "cotrain", "classifier_fit", "evaluate")
   config.data = data_config(builder_config="demo", subjects=[0], window=2, hrf_shift_trs=2, voxel_padding="wrap")
   encoder = dict(embed_dim=128, depth=4, num_heads=4, mlp_ratio=1.0)
   config.mbm_pretrain = mbm_pretrain.stage_config(
@@ -123,21 +137,34 @@ def demo() -> ml_collections.ConfigDict:
       batch_size=32, num_steps=300, log_every_steps=50, checkpoint_every_steps=150)
   config.vae_fit = vae_fit.stage_config()
   # No pretrained SD for the synthetic world: a small UNet trained from scratch (all params), conditioned
-  # on the demo CLIP's caption hidden states (64 wide), on 16 x 16 x 4 latents of 6-frame clips.
+  # on the demo CLIP's caption hidden states (64 wide), on 16 x 16 x 4 latents of 6-frame clips. No
+  # attention at 16 x 16 (on a CPU it would cost 3.5x the step); Min-SNR-5 weighting and a high learning
+  # rate because there is no pretrained prior to protect.
   config.video_finetune = video_finetune.stage_config(
       vae_path="stage:vae_fit/vae", eval_vision_path="stage:clip_fit/vision", num_frames=6,
-      unet=dict(block_out_channels=(32, 64, 64), layers_per_block=1, attention_head_dim=4,
+      unet=dict(block_out_channels=(32, 64, 96), layers_per_block=1, attention_head_dim=4,
                 cross_attention_dim=64, norm_num_groups=16,
-                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")),
-      optim=optim_config(lr=5e-4, weight_decay=0.0, warmup_steps=50, grad_clip_norm=1.0),
-      batch_size=8, num_steps=400, log_every_steps=50, checkpoint_every_steps=200,
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")),
+      snr_gamma=5.0,
+      optim=optim_config(lr=1e-3, weight_decay=0.0, warmup_steps=50, grad_clip_norm=1.0),
+      batch_size=8, num_steps=600, log_every_steps=50, checkpoint_every_steps=200,
       sample=dict(count=8, sampler="ddim", num_steps=50, guidance_scale=5.0, eta=0.0, seed=0))
   config.cotrain = cotrain.stage_config(
-      num_frames=6, batch_size=8, num_steps=150, log_every_steps=50, checkpoint_every_steps=150,
-      optim=optim_config(lr=1e-4, weight_decay=0.0, warmup_steps=20, grad_clip_norm=1.0,
+      num_frames=6, batch_size=8, num_steps=200, log_every_steps=50, checkpoint_every_steps=200, snr_gamma=5.0,
+      optim=optim_config(lr=3e-4, weight_decay=0.0, warmup_steps=20, grad_clip_norm=1.0,
                          trainable=cotrain.stage_config().optim.trainable),
       sample=dict(count=8, sampler="ddim", num_steps=50, guidance_scale=5.0, eta=0.0, seed=0, adversarial=True))
+  # Stand-ins for the papers' ImageNet ViT and Kinetics VideoMAE: classifiers of the synthetic object
+  # class (per frame) and motion (per clip), saved in the transformers layout and read like the real ones.
+  config.classifier_fit = classifier_fit.stage_config()
+  # 24 test windows spread over the test clips; DDIM 50 with adversarial guidance.
+  config.evaluate = evaluate.stage_config(
+      max_samples=24, batch_per_device=4,
+      sample=dict(sampler="ddim", num_steps=50, guidance_scale=5.0, eta=0.0, seed=0, adversarial=True),
+      image_classifier_path="stage:classifier_fit/image_classifier",
+      video_classifier_path="stage:classifier_fit/video_classifier",
+      n_way=(2, 50), top_k=1, trials=100, report=dict(clips_per_subject=12))
   # python -m brainjax.ablate --config=configs/mindvideo.py:demo --workdir=DIR runs these.
   config.ablations = ml_collections.ConfigDict({
       "window1": ["data.window=1"],
@@ -145,8 +172,7 @@ def demo() -> ml_collections.ConfigDict:
       "text_only": ["align.modalities=('text',)"],
       "image_only": ["align.modalities=('image',)"],
       "no_sparsify": ["align.sparsify_rate=0.0"],
-      "neuralflix_aug": ["align.spatial_mask_ratio=0.2", "align.temporal_interp_ratio=0.3333",
-                         "align.mu_spa=1.0", "align.mu_tem=1.0", "align.emb_reduction='sum'"],
+      "no_adversarial_guidance": ["evaluate.sample.adversarial=False"],
   })
   return config
 

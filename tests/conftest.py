@@ -46,3 +46,11 @@ def fake_gcs(tmp_path):
   epath_backend.fsspec_backend._get_filesystem.cache_clear()
   yield root
   epath_backend.fsspec_backend._get_filesystem.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def video_run(tmp_path_factory):
+  """The tiny video recipe trained through cotrain once per session: (config, workdir, summaries).
+  Read-only for its users (test_video_stages, test_evaluate): they copy or link, never write into it."""
+  from tests.test_video_stages import train_video_stages
+  return train_video_stages(tmp_path_factory.mktemp("video"))

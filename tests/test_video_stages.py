@@ -39,9 +39,9 @@ def tiny_video_config(data_dir: str, steps: int = 6):
   return config
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-  root = tmp_path_factory.mktemp("video")
+def train_video_stages(root) -> tuple:
+  """Runs the tiny recipe clip_embed -> ... -> cotrain once (conftest's session fixture `video_run`, shared
+  with tests/test_evaluate.py): (config, workdir, summaries)."""
   config = tiny_video_config(str(root / "data"))
   clip_dir = helpers.save_random_clip(str(root / "clip"))
   with config.unlocked():
@@ -50,6 +50,11 @@ def finished(tmp_path_factory):
     config.video_finetune.eval_vision_path = f"{clip_dir}/vision"
   summaries = runner.run(config, str(root / "run"))
   return config, epath.Path(root / "run"), summaries
+
+
+@pytest.fixture
+def finished(video_run):
+  return video_run
 
 
 def test_vae_fit_writes_a_diffusers_vae_with_a_fitted_scaling_factor(finished):

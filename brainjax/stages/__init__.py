@@ -35,6 +35,8 @@ REGISTRY: dict[str, str] = {
     "vae_fit": "brainjax.stages.vae_fit",
     "video_finetune": "brainjax.stages.video_finetune",
     "cotrain": "brainjax.stages.cotrain",
+    "evaluate": "brainjax.stages.evaluate",
+    "classifier_fit": "brainjax.stages.classifier_fit",
 }
 
 

@@ -254,10 +254,23 @@ def initial_params_matching_subjects(ctx: StageContext, init_from: str,
   return lambda params: params_lib.overlay(params, match_subjects(source, meta, params, table))
 
 
-def validate_stage_path(config: ml_collections.ConfigDict, stage: str, field: str, path: str) -> None:
-  """A 'stage:<name>/...' path in config.<stage>.<field> must name a stage that runs before `stage`."""
+def validate_stage_path(config: ml_collections.ConfigDict, stage: str, field: str, path: str, *,
+                        allow_finished: bool = False) -> None:
+  """A 'stage:<name>/...' path in config.<stage>.<field> must name a stage that runs before `stage`.
+
+  allow_finished=True also accepts a stage absent from config.stages, to be read from a workdir
+  where it has finished (`--config.stages="('evaluate',)"` on a trained run); StageContext.output_of
+  says so clearly at run time if it has not. A source listed AFTER `stage` is still an error, and
+  the name must be a known stage.
+  """
   if path.startswith("stage:"):
     source = path[len("stage:"):].split("/")[0]
+    if allow_finished and source not in config.stages:
+      from brainjax.stages import REGISTRY
+      if source not in REGISTRY:
+        raise cfg.ConfigError(f"config.{stage}.{field} = {path!r} names stage {source!r}, which does not exist; "
+                              f"known stages are {sorted(REGISTRY)}.")
+      return
     if source not in config.stages or config.stages.index(source) > config.stages.index(stage):
       raise cfg.ConfigError(f"config.{stage}.{field} = {path!r} needs stage {source!r} to run before {stage!r} "
                             "in config.stages.")

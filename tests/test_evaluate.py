@@ -1,0 +1,280 @@
+"""Stage evaluate on the tiny video recipe: sharded generation from test fMRI, the papers' metrics with
+their baselines, metrics.json and report.html; the numbers do not depend on the device count or batch."""
+
+import copy
+import json
+import os
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from etils import epath
+
+from brainjax import generation, runner
+from brainjax.config import ConfigError
+from brainjax.eval import metrics as mt
+from brainjax.models import videomae, vit
+from brainjax.stages import StageContext, evaluate
+from brainjax.train import sharding as shd
+from tests.test_video_stages import tiny_video_config
+
+pytestmark = pytest.mark.slow
+
+IMAGE_CLASSES, VIDEO_CLASSES = 10, 7  # 50-way caps to 8-way and 5-way
+
+
+def save_tiny_classifiers(directory: epath.Path, image_size: int = 32, num_frames: int = 4) -> tuple[str, str]:
+  """Random tiny ViT and VideoMAE classifiers in the transformers layout, with preprocessor configs."""
+  tiny = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+              image_size=image_size, patch_size=8)
+  image_cfg = vit.ViTConfig(**tiny, id2label=tuple(f"c{i}" for i in range(IMAGE_CLASSES)))
+  video_cfg = videomae.VideoMAEConfig(**tiny, num_frames=num_frames, id2label=tuple(f"v{i}" for i in
+                                                                                   range(VIDEO_CLASSES)))
+  paths = []
+  for name, config, cls, processor in (
+      ("image", image_cfg, vit.ViTForImageClassification,
+       {"size": {"height": image_size, "width": image_size}, "resample": 2, "image_mean": [0.5] * 3,
+        "image_std": [0.5] * 3}),
+      ("video", video_cfg, videomae.VideoMAEForVideoClassification,
+       {"size": {"shortest_edge": image_size}, "crop_size": {"height": image_size, "width": image_size},
+        "resample": 2, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]})):
+    module = cls(config)
+    params = nn.meta.unbox(module.init(jax.random.key(len(name)), *module.dummy_inputs())["params"])
+    # Larger head weights: random tiny towers otherwise give near-uniform probabilities.
+    params["classifier"]["kernel"] = params["classifier"]["kernel"] * 30.0
+    path = directory / f"{name}_classifier"
+    (vit.save_vit if name == "image" else videomae.save_videomae)(path, config, params)
+    (path / "preprocessor_config.json").write_text(json.dumps(processor))
+    paths.append(str(path))
+  return paths[0], paths[1]
+
+
+def with_evaluate(config: ml_collections.ConfigDict, image_path: str = "",
+                  video_path: str = "") -> ml_collections.ConfigDict:
+  """The tiny video recipe plus a tiny evaluate stage."""
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.evaluate = evaluate.stage_config(
+        max_samples=6, batch_per_device=1, image_classifier_path=image_path, video_classifier_path=video_path,
+        sample=dict(sampler="ddim", num_steps=3, guidance_scale=5.0, eta=0.0, seed=0, adversarial=True),
+        n_way=(2, 50), trials=20, report=dict(clips_per_subject=3))
+    config.stages = tuple(config.stages) + ("evaluate",)
+  return config
+
+
+def eval_config(data_dir: str, image_path: str = "", video_path: str = "") -> ml_collections.ConfigDict:
+  return with_evaluate(tiny_video_config(data_dir), image_path, video_path)
+
+
+TRAINED = ("clip_embed", "align", "vae_fit", "video_finetune", "cotrain")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, video_run):
+  """Runs evaluate ALONE (config.stages = ('evaluate',)) on a workdir that links the trained stages of the
+  session's tiny video run (conftest.video_run): the trained stages are read from the workdir."""
+  trained_config, trained_dir, _ = video_run
+  root = epath.Path(tmp_path_factory.mktemp("evaluate"))
+  image_path, video_path = save_tiny_classifiers(root / "classifiers")
+  config = with_evaluate(trained_config, image_path, video_path)
+  (root / "run").mkdir()
+  for stage in TRAINED:
+    os.symlink(trained_dir / stage, root / "run" / stage)
+  with config.unlocked():
+    config.stages = ("evaluate",)
+  summaries = runner.run(config, str(root / "run"))
+  return config, root, summaries
+
+
+def _shard(workdir: epath.Path) -> dict:
+  with np.load(workdir / "evaluate" / "shards" / "process_00000.npz") as f:
+    return {k: f[k] for k in f.files}
+
+
+def _other_workdir(root: epath.Path, name: str) -> epath.Path:
+  """A fresh workdir that sees the trained stages of the fixture's run (symlinks), without its evaluate/."""
+  workdir = root / name
+  workdir.mkdir()
+  for stage in TRAINED:
+    os.symlink(root / "run" / stage, workdir / stage)
+  return workdir
+
+
+def test_writes_metrics_report_and_gifs(finished):
+  config, root, summaries = finished
+  summary = summaries["evaluate"]
+  stage_dir = root / "run" / "evaluate"
+  metrics = json.loads((stage_dir / "metrics.json").read_text())
+  assert summary["samples"] == metrics["samples"] == 6
+  for key in ("ssim", "ssim_std", "ssim_shuffled", "ssim_mean_fmri", "psnr", "psnr_shuffled", "psnr_mean_fmri",
+              "image_2way", "image_2way_chance", "image_2way_shuffled", "image_2way_mean_fmri", "image_8way",
+              "video_2way", "video_5way_mean_fmri", "wall_time_s"):
+    assert np.isfinite(summary[key]), key
+  assert summary["image_2way_chance"] == pytest.approx(0.75)
+  # 50-way capped by the class counts (n <= C - 2), the cap recorded
+  image_ns = [(e["requested"], e["n"]) for e in metrics["image_nway"]["results"]]
+  video_ns = [(e["requested"], e["n"]) for e in metrics["video_nway"]["results"]]
+  assert image_ns == [(2, 2), (50, 8)] and video_ns == [(2, 2), (50, 5)]
+  assert any("capped to 8-way" in n for n in metrics["notes"])
+  assert len(metrics["ssim"]["per_frame_index"]["mean"]) == config.cotrain.num_frames
+  assert metrics["config"]["num_frames"] == config.cotrain.num_frames  # inherited from cotrain
+  page = (stage_dir / "report.html").read_text()
+  gifs = re.findall(r"src='([^']+\.gif)'", page)
+  assert len(gifs) == 3 and all((stage_dir / g).exists() for g in gifs)
+  assert "mean-fMRI condition" in page and "<script" not in page and "http" not in page.split("<h2>Config")[0]
+  from brainjax import media
+  gif = media.read_gif(stage_dir / gifs[0])
+  assert gif.shape == (config.cotrain.num_frames, 64, 2 * (3 * 32 + 2 * 2), 3)  # gt | recon | mean-fMRI, x2
+
+
+def test_metrics_equal_the_metric_functions_on_the_saved_shard(finished):
+  config, root, summaries = finished
+  summary, shard = summaries["evaluate"], _shard(root / "run")
+  assert shard["video"].dtype == np.uint8 and shard["video"].shape == shard["real"].shape == (6, 4, 32, 32, 3)
+  ssim = np.asarray(mt.ssim(shard["video"], shard["real"]), np.float64)
+  assert summary["ssim"] == pytest.approx(ssim.mean(1).mean(), abs=1e-6)
+  np.testing.assert_allclose(shard["ssim"], ssim, atol=1e-6)
+  psnr = np.asarray(mt.psnr(shard["mean_fmri_video"], shard["real"]), np.float64)
+  assert summary["psnr_mean_fmri"] == pytest.approx(psnr.mean(), abs=1e-5)
+  # the video N-way: metrics.n_way_top_k on the saved probabilities, with the stage's rng
+  stage = evaluate.settings(config)
+  res = mt.n_way_top_k(shard["video_probs"], shard["video_probs_gt"], 5, 1, stage.trials,
+                       evaluate._nway_rng(0, "video", 5))
+  assert summary["video_5way"] == pytest.approx(res.mean, abs=1e-12)
+  # the image N-way per frame index, averaged
+  accs = [mt.n_way_top_k(shard["image_probs"][:, t], shard["image_probs_gt"][:, t], 2, 1, stage.trials,
+                         evaluate._nway_rng(0, "image", 2, t)).mean for t in range(4)]
+  assert summary["image_2way"] == pytest.approx(np.mean(accs), abs=1e-12)
+  # the ground truth is the window's first num_frames frames
+  from brainjax.data import pipeline
+  source = pipeline.make_source(config.data, "test")
+  np.testing.assert_array_equal(shard["real"][0], source[int(shard["window"][0])]["frames"][:4])
+  assert list(shard["window"]) == generation.spread_records(source, 6)
+
+
+def test_same_numbers_on_one_device_and_rerun_skips(finished):
+  config, root, summaries = finished
+  reference = _shard(root / "run")
+  # The same batch_per_device on a 1-device mesh: every device computes the same shapes, and the
+  # per-sample seeds make the layout irrelevant, so the results are bitwise equal.
+  workdir = _other_workdir(root, "one_device")
+  mesh = shd.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+  summary = evaluate.run(StageContext(name="evaluate", config=config, workdir=workdir, mesh=mesh))
+  other = _shard(workdir)
+  for key in ("window", "video", "mean_fmri_video", "ssim", "psnr", "image_probs", "video_probs_gt"):
+    np.testing.assert_array_equal(other[key], reference[key], err_msg=key)
+  assert {k: v for k, v in summary.items() if k != "s_per_sample"} == {
+      k: v for k, v in summaries["evaluate"].items() if k not in ("s_per_sample", "wall_time_s")}
+  # a re-run is skipped
+  again = runner.run(config, str(root / "run"))["evaluate"]
+  assert again == summaries["evaluate"]
+
+
+def test_per_sample_keys_do_not_depend_on_the_batch():
+  from brainjax import diffusion
+
+  class Toy(nn.Module):
+    @nn.compact
+    def __call__(self, x, t, c):
+      return nn.Dense(x.shape[-1])(x) * 0.1 + c.mean(axis=(1, 2))[:, None, None, None, None]
+
+  toy = Toy()
+  shape = (4, 3, 2, 2, 4)
+  params = toy.init(jax.random.key(0), jnp.zeros(shape), jnp.zeros(()), jnp.zeros((4, 2, 3)))["params"]
+  schedule = diffusion.NoiseSchedule.create(num_train_timesteps=100)
+  cfg = ml_collections.ConfigDict(dict(sampler="ddim", num_steps=4, guidance_scale=3.0, eta=0.5))
+  sampler = generation.make_sampler(toy, schedule, cfg, beta=0.25)
+  keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(1), r))(jnp.arange(4))
+  cond = jax.random.normal(jax.random.key(2), (4, 2, 3))
+  whole = sampler(params, cond, -cond, keys, shape=shape)
+  # Another batch size: the same noise per sample (the results agree to float rounding: XLA's kernels
+  # may round differently for another batch size, so bitwise equality holds for equal per-device batches).
+  single = sampler(params, cond[1:2], -cond[1:2], keys[1:2], shape=(1,) + shape[1:])
+  np.testing.assert_allclose(whole[1:2], single, atol=1e-5)
+  # one key for the batch still works (the callers of video_finetune / cotrain)
+  assert sampler(params, cond, None, jax.random.key(0), shape=shape).shape == shape
+
+
+def test_compute_metrics_per_subject_and_shuffled_pairs():
+  rng = np.random.default_rng(0)
+  n, t = 6, 2
+  real = rng.integers(0, 256, (n, t, 8, 8, 3), dtype=np.uint8)
+  merged = {"window": np.arange(n), "record": np.array([0, 1, 2, 0, 1, 2]), "subject": np.array([0, 0, 0, 1, 1, 1]),
+            "video": real.copy(), "real": real, "ssim": np.ones((n, t)), "psnr": np.full((n, t), 100.0),
+            "mean_fmri_video": real, "mean_fmri_ssim": np.full((n, t), 0.5), "mean_fmri_psnr": np.full((n, t), 10.0),
+            "image_probs": rng.random((n, t, 6)), "num_classes_image": np.int64(6)}
+  merged["image_probs_gt"] = merged["image_probs"]
+  merged["mean_fmri_image_probs"] = rng.random((n, t, 6))
+  stage = evaluate.stage_config(n_way=(2, 50), trials=10)
+  out = evaluate.compute_metrics(merged, stage)
+  assert out["ssim"]["mean"] == 1.0 and out["ssim"]["baselines"]["mean_fmri"]["mean"] == 0.5
+  assert out["ssim"]["baselines"]["shuffled"]["mean"] < 0.5  # other clips' (random) frames
+  assert [(e["requested"], e["n"]) for e in out["image_nway"]["results"]] == [(2, 2), (50, 4)]
+  assert out["image_nway"]["results"][0]["mean"] == 1.0  # predictions equal the ground truth's
+  assert set(out["per_subject"]) == {"0", "1"} and out["per_subject"]["1"]["samples"] == 3
+  assert out["per_subject"]["0"]["ssim_mean_fmri"] == 0.5
+  # shuffled partners never show the same stimulus (subjects 0 and 1 watched the same clips)
+  partner = evaluate.shuffled_partner(merged["record"], 0)
+  assert np.all(merged["record"][partner] != merged["record"])
+  summary = evaluate.flat_summary(out)
+  assert summary["image_4way_chance"] == pytest.approx(mt.n_way_chance(4))
+
+
+def test_capped_n_way():
+  assert evaluate.capped_n_way((2, 50), 1, 1000, "image")[0] == [(2, 2), (50, 50)]
+  pairs, notes = evaluate.capped_n_way((2, 50), 1, 12, "image")
+  assert pairs == [(2, 2), (50, 10)] and "capped to 10-way" in notes[0]
+  pairs, notes = evaluate.capped_n_way((2, 50), 1, 3, "video")
+  assert pairs == [] and len(notes) == 2
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("n_way", (1, 50), r"config.evaluate.n_way\[0\] = 1"),
+    ("n_way", (), r"config.evaluate.n_way = \(\)"),
+    ("top_k", 2, r"config.evaluate.top_k = 2 must be smaller"),
+    ("top_k", 0, r"config.evaluate.top_k = 0"),
+    ("trials", 0, r"config.evaluate.trials = 0"),
+    ("max_samples", -1, r"config.evaluate.max_samples = -1"),
+    ("batch_per_device", 0, r"config.evaluate.batch_per_device = 0"),
+    ("encoder_from", "", r"config.evaluate.encoder_from is empty"),
+    ("unet_from", "", r"config.evaluate.unet_from is empty"),
+    ("baselines", ("shuffled", "noise"), r"config.evaluate.baselines"),
+    ("split", "rest", r"config.evaluate.split = 'rest'"),
+    ("image_classifier_path", "stage:classifer_fit/image_classifier", r"stage 'classifer_fit', which does not"),
+    ("num_frames", -2, r"config.evaluate.num_frames = -2"),
+    ("sample.sampler", "euler", r"config.evaluate.sample.sampler"),
+    ("sample.num_steps", 0, r"config.evaluate.sample.num_steps"),
+    ("sample.eta", 2.0, r"config.evaluate.sample.eta"),
+    ("report.clips_per_subject", -1, r"config.evaluate.report.clips_per_subject"),
+    ("data_overrides", {"windw": 3}, r"config.evaluate.data_overrides.windw"),
+])
+def test_config_errors(tmp_path, field, value, match):
+  config = eval_config(str(tmp_path / "data"))
+  with config.unlocked():
+    node, _, leaf = field.rpartition(".")
+    target = config.evaluate if not node else config.evaluate[node]
+    target[leaf] = value
+  with pytest.raises(ConfigError, match=match):
+    runner.validate(config)
+
+
+def test_stage_order_and_missing_outputs(tmp_path):
+  config = eval_config(str(tmp_path / "data"))
+  with config.unlocked():
+    config.stages = ("clip_fit", "clip_embed", "align", "vae_fit", "video_finetune", "evaluate", "cotrain")
+  with pytest.raises(ConfigError, match="needs stage 'cotrain' to run before 'evaluate'"):
+    runner.validate(config)
+  config = eval_config(str(tmp_path / "data"))
+  with config.unlocked():
+    config.stages = ("evaluate",)
+  runner.validate(config)  # absent source stages are read from the workdir at run time
+  with pytest.raises(FileNotFoundError, match="cotrain"):
+    runner.run(config, str(tmp_path / "empty"))
+  with config.unlocked():
+    del config["cotrain"]
+  with pytest.raises(ConfigError, match="config.evaluate.num_frames = 0 means config.cotrain's"):
+    runner.validate(config)
