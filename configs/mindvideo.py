@@ -73,24 +73,28 @@ from brainjax.train.optim import optim_config
 def _finetune(pretrain: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
   """MBM fine-tuning on the target subject's own training fMRI (single TRs, each repeat)."""
   stage = ml_collections.ConfigDict(pretrain.to_dict())
-  stage.update(split="train", init_from="stage:mbm_pretrain", **overrides)
+  stage.update(split="train", eval_split="test", init_from="stage:mbm_pretrain", **overrides)
   stage.data_overrides.update(temporal_average=1, stride=1, hrf_shift_trs=0)
-  del stage.data_overrides["subjects"]
-  if "name" in stage.data_overrides:
-    del stage.data_overrides["name"]
+  for field in ("subjects", "name", "builder_config"):  # the target dataset's own (config.data)
+    if field in stage.data_overrides:
+      del stage.data_overrides[field]
   return stage
 
 
 def paper() -> ml_collections.ConfigDict:
   config = cfg.base_config()
   config.stages = ("mbm_pretrain", "mbm_finetune", "clip_embed", "align", "video_finetune", "cotrain", "evaluate")
-  # cc2017 (Wen et al. 2018) for the video stages, HCP resting state for MBM.
-  # Their builders are not in this version yet: validation says so.
-  config.data = data_config(name="cc2017", builder_config="full256", subjects=[0], window=2, hrf_shift_trs=2,
+  # cc2017 (Wen et al. 2018) for the video stages: 3 FPS, 256 x 256, reproducible voxels; HCP resting
+  # state (V1-V4, every subject, MinD-Vis's ~7 s windows) for MBM. Build both once with
+  #   python -m brainjax.data.build cc2017 --manual_dir=COPY_OF_PURR_RELEASE --config=mindvideo
+  #   python -m brainjax.data.build hcp --manual_dir=COPY_OF_HCP_1200 --config=mindvis
+  # (add --data_dir=gs://BUCKET/tfds and set --config.data.data_dir to the same).
+  config.data = data_config(name="cc2017", builder_config="mindvideo", subjects=[0], window=2, hrf_shift_trs=2,
                             voxel_padding="wrap")
-  config.mbm_pretrain = mbm_pretrain.stage_config()
-  config.mbm_pretrain.data_overrides.name = "hcp"
-  config.mbm_pretrain.data_overrides.subjects = [0, 1, 2]
+  # HCP has no test split; mbm_finetune reports the masked-patch correlation on cc2017's test fMRI.
+  config.mbm_pretrain = mbm_pretrain.stage_config(eval_split="")
+  config.mbm_pretrain.data_overrides.update(name="hcp", builder_config="mindvis", subjects=(), window=1,
+                                            temporal_average=10, stride=10, hrf_shift_trs=0)
   # The paper warms up for 40 epochs: warmup_steps = 40 * windows_per_epoch / batch_size;
   # 4000 assumes ~50k HCP windows (the build summary prints the count).
   config.mbm_pretrain.optim.warmup_steps = 4_000

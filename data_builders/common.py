@@ -40,6 +40,12 @@ Metadata (`builder.info.metadata`, JSON) holds at least
   label_keys    [str]
   num_records   {split: int}
 
+and optionally
+
+  missing_repeats  {split: {str(subject): [[record, repeat], ...]}}: responses a subject does not have (a
+                repeat not seen: a NaN row; repeat -1: the whole record, R = 0). The pipeline averages the
+                present repeats only and skips missing ones; a NaN anywhere else is an error.
+
 Metadata known only while building (voxel counts after selection, run
 lengths) is set on `self.info.metadata` inside `_split_generators`; TFDS
 writes it with the dataset.
@@ -51,6 +57,8 @@ builders check the release *before* writing anything (`check_release`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -168,3 +176,21 @@ def dataset_metadata(*, layout: str, response: str, tr_s: float, subjects: Seque
     meta["segment_subjects"] = {k: [int(s) for s in v] for k, v in segment_subjects.items()}
   meta.update(extra)
   return meta
+
+
+def preset_with_overrides(builder_cls, dataset: str, preset: str, field_names: Sequence[str],
+                          overrides: Mapping[str, Any]) -> tuple[str, dict, str]:
+  """(name, fields, description) of a builder preset with some fields overridden.
+
+  The name records the overrides (`<preset>_<digest>`), so builds with different options never share files.
+  """
+  base = {c.name: c for c in builder_cls.BUILDER_CONFIGS}
+  if preset not in base:
+    raise ValueError(f"{dataset} preset {preset!r}: one of {sorted(base)}.")
+  fields = {k: getattr(base[preset], k) for k in field_names}
+  unknown = set(overrides) - set(fields)
+  if unknown:
+    raise ValueError(f"{dataset} config has no field(s) {sorted(unknown)}; fields: {sorted(fields)}.")
+  fields.update(overrides)
+  digest = hashlib.sha1(json.dumps(dict(overrides), sort_keys=True, default=str).encode()).hexdigest()[:8]
+  return (preset if not overrides else f"{preset}_{digest}"), fields, base[preset].description

@@ -51,12 +51,18 @@ def test_select_preset_default_is_paper():
   assert select_preset(None, {"paper": lambda: __import__("ml_collections").ConfigDict()}, "x").preset == "paper"
 
 
-def test_paper_preset_names_the_missing_datasets():
+def test_paper_preset_names_the_real_datasets_and_asks_for_weights():
   config = _load("paper")
-  with pytest.raises(ConfigError, match=r"config.data.name = 'cc2017'.*not part of this version"):
+  assert (config.data.name, config.data.builder_config) == ("cc2017", "mindvideo")
+  pretrain = config.mbm_pretrain.data_overrides
+  assert (pretrain.name, pretrain.builder_config, tuple(pretrain.subjects)) == ("hcp", "mindvis", ())
+  assert config.mbm_finetune.data_overrides.get("builder_config") is None  # fine-tuning reads cc2017 itself
+  for stage in ("mbm_pretrain", "mbm_finetune"):
+    config[stage].batch_size = 512  # the paper's 500 does not split over the 8 simulated devices
+  with pytest.raises(ConfigError, match=r"config.clip_embed.text_path is empty"):
     runner.validate(config)
-  config.data.name = "synthetic"
-  with pytest.raises(ConfigError, match=r"config.data.name = 'hcp'.*not part of this version"):
+  config.data.builder_config = "full256"  # builder configs are checked before any file exists
+  with pytest.raises(ConfigError, match=r"builder_config = 'full256'.*'mindvideo'"):
     runner.validate(config)
 
 

@@ -108,7 +108,7 @@ def test_stage_datasets_inherit_windowing_but_not_identity(data_dir):
     ("mbm_pretrain", [dict(spec=helpers.TINY_SPEC_B, subjects=[0], repeats="all")], (),
      r"config.mbm_pretrain.extra_datasets\[0\].repeats = 'all'"),
     ("mbm_pretrain", [dict(name="bmd", subjects=[0])], (),
-     r"config.mbm_pretrain.extra_datasets\[0\].name = 'bmd': the builder for this real dataset"),
+     r"config.mbm_pretrain.extra_datasets\[0\].builder_config = 'demo': the bmd builder's configs are"),
     ("mbm_pretrain", [dict(spec=helpers.TINY_SPEC, subjects=[1])], (),
      r"extra_datasets\[0\] names the same dataset as config.data"),
     ("mbm_pretrain", dict(spec=helpers.TINY_SPEC_B, subjects=[0]), (),
@@ -121,7 +121,7 @@ def test_stage_datasets_inherit_windowing_but_not_identity(data_dir):
     ("align", [dict(spec=helpers.TINY_SPEC_B, subjects=[0], hrf_shift_trs=60)], (),
      r"config.align.extra_datasets\[0\]: a window of 2 x temporal_average 1 TRs after a shift of 60 TRs"),
     ("align", [dict(spec=helpers.TINY_SPEC_B, subjects=[-1])], (),
-     r"config.align.extra_datasets\[0\].subjects = \[-1\]: must be a non-empty list"),
+     r"config.align.extra_datasets\[0\].subjects = \[-1\]: must be a list of subject indices"),
 ])
 def test_bad_extra_datasets_name_the_field(data_dir, stage, extras, weights, message):
   config = helpers.tiny_multidataset_config(data_dir)

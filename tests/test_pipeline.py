@@ -98,6 +98,15 @@ def test_subjects_with_different_voxel_counts_need_padding(data):
     pipeline.make_source(_with(data, subjects=[0, 1], voxel_padding="wrap", num_voxels=300), "train")
 
 
+def test_no_subjects_listed_reads_all_of_them(data):
+  # MinD-Vis pretrains on every HCP subject; listing ~1000 of them by hand is not a config.
+  config = ml_collections.ConfigDict({"data": _with(data, subjects=(), voxel_padding="wrap")})
+  pipeline.validate_data(config)
+  source = pipeline.make_source(config.data, "train")
+  assert source.subjects == tuple(range(helpers.TINY_SPEC["num_subjects"]))
+  assert {int(source[i]["subject"]) for i in range(len(source))} == set(source.subjects)
+
+
 def test_iterator_is_deterministic_and_checkpointable(data):
   source = pipeline.make_source(data, "train")
   a = pipeline.make_iterator(source, batch_size=8, seed=1)
@@ -174,3 +183,109 @@ def test_window_too_long_for_segments_is_a_config_error(builder):
   with pytest.raises(ConfigError, match="must not exceed a segment"):
     pipeline.FmriWindowSource(builder.as_data_source("test"), meta, "test", (0,),
                               dataclasses.replace(pipeline.WindowSpec(), window=100))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real-dataset layouts (data_builders/common.py): hand-made records, no builder needed.
+
+from data_builders import common as contract  # noqa: E402
+
+
+def _record(segment, tr, fmri, labels=None, **extra):
+  return {"segment": segment, "tr": tr, "frames": np.zeros((0, 1, 1, 3), np.uint8), "caption": b"", "clip_id": -1,
+          "scene_cut": False, "labels": labels or {}, "fmri": fmri, **extra}
+
+
+def _per_subject_dataset():
+  """Train segments of 5 (subject 0), 4 (subject 1) and 3 (subject 0) TRs; fmri = the record index."""
+  owners, lengths = [0, 1, 0], [5, 4, 3]
+  records, index = [], 0
+  for segment, (owner, length) in enumerate(zip(owners, lengths)):
+    for t in range(length):
+      records.append(_record(segment, t, np.full((1, 3), index, np.float32), {"action": 10 + index},
+                             subject=owner))
+      index += 1
+  meta = contract.dataset_metadata(layout="per_subject", response="bold", tr_s=0.8,
+                                   subjects=[{"num_voxels": 3}, {"num_voxels": 3}], segment_trs={"train": lengths},
+                                   segment_subjects={"train": owners}, repeats={"train": 1}, label_keys=["action"])
+  return records, meta
+
+
+def test_per_subject_layout_reads_only_the_subjects_segments():
+  records, meta = _per_subject_dataset()
+  spec = pipeline.WindowSpec(window=2, hrf_shift_trs=1)
+  source = pipeline.FmriWindowSource(records, meta, "train", (0,), spec)
+  # Subject 0 owns segments 0 (TRs 0..4: windows at t = 0, 1, 2) and 2 (records 9..11: one window).
+  assert len(source) == 4
+  firsts = [int(source[i]["fmri"][0, 0]) for i in range(len(source))]
+  assert firsts == [1, 2, 3, 10]  # shifted by one TR, never into the next segment
+  assert [int(source[i]["record"]) for i in range(4)] == [0, 1, 2, 9]
+  np.testing.assert_array_equal(source[3]["fmri"], [[10.0] * 3, [11.0] * 3])
+  assert source[0]["labels"] == {"action": 10}  # label keys come from the metadata
+  both = pipeline.FmriWindowSource(records, meta, "train", (0, 1), spec)
+  assert len(both) == 6 and [int(both[i]["subject"]) for i in range(6)] == [0, 0, 0, 0, 1, 1]
+  assert [int(both[i]["fmri"][0, 0]) for i in (4, 5)] == [6, 7]  # subject 1's segment: records 5..8
+
+
+def _beta_dataset():
+  """3 trials, 2 subjects, 3 repeats; subject 1 missed repeat 2 of trial 1 (NaN row) and all of trial 2 (R=0)."""
+  records = []
+  for trial in range(3):
+    fmri = {f"subject_{k}": np.stack([np.full(2, 100 * k + 10 * trial + r, np.float32) for r in range(3)])
+            for k in range(2)}
+    if trial == 1:
+      fmri["subject_1"][2] = np.nan
+    if trial == 2:
+      fmri["subject_1"] = np.zeros((0, 2), np.float32)
+    records.append(_record(trial, 0, fmri))
+  meta = contract.dataset_metadata(layout="shared", response="beta", tr_s=3.0,
+                                   subjects=[{"num_voxels": 2}, {"num_voxels": 2}], segment_trs={"test": [1, 1, 1]},
+                                   repeats={"test": 3}, missing_repeats={"test": {"1": [[1, 2], [2, -1]]}})
+  return records, meta
+
+
+def test_beta_layout_averages_present_repeats_and_skips_missing():
+  records, meta = _beta_dataset()
+  beta = pipeline.WindowSpec(window=1, hrf_shift_trs=0)
+  avg = pipeline.FmriWindowSource(records, meta, "test", (1,), beta)
+  assert len(avg) == 2  # trial 2 has no response of subject 1: skipped
+  np.testing.assert_allclose(avg[0]["fmri"], [[101.0, 101.0]])
+  np.testing.assert_allclose(avg[1]["fmri"], [[110.5, 110.5]])  # mean of repeats 0 and 1 only, NaN row ignored
+  each = pipeline.FmriWindowSource(records, meta, "test", (1,), dataclasses.replace(beta, repeats="each"))
+  got = [(int(each[i]["record"]), int(each[i]["repeat"]), float(each[i]["fmri"][0, 0])) for i in range(len(each))]
+  assert got == [(0, 0, 100.0), (1, 0, 110.0), (0, 1, 101.0), (1, 1, 111.0), (0, 2, 102.0)]
+  full = pipeline.FmriWindowSource(records, meta, "test", (0,), beta)
+  assert len(full) == 3 and float(full[2]["fmri"][0, 0]) == 21.0  # subject 0 saw everything
+  assert full[0]["labels"] == {}  # no label keys
+
+
+def test_beta_layout_requires_window_one_without_shift():
+  records, meta = _beta_dataset()
+  with pytest.raises(ConfigError, match=r"window=1.*hrf_shift_trs=0.*got window=2, hrf_shift_trs=2"):
+    pipeline.FmriWindowSource(records, meta, "test", (0,), pipeline.WindowSpec())
+
+
+def test_real_datasets_are_not_built_on_first_use(tmp_path):
+  data = pipeline.data_config(name="bmd", builder_config="brain_netflix", data_dir=str(tmp_path), subjects=[0],
+                              window=1, hrf_shift_trs=0)
+  with pytest.raises(ConfigError) as e:
+    pipeline.load_builder(data)
+  assert (f"python -m brainjax.data.build bmd --manual_dir=<your copy of the release> --data_dir={tmp_path} "
+          "--config=brain_netflix") in str(e.value)
+  assert not list(tmp_path.rglob("*.array_record*"))
+
+
+def test_validate_data_for_real_datasets():
+  ok = ml_collections.ConfigDict({"data": pipeline.data_config(name="bmd", builder_config="brain_netflix",
+                                                               window=1, hrf_shift_trs=0)})
+  pipeline.validate_data(ok)
+  beta = ml_collections.ConfigDict({"data": pipeline.data_config(name="bmd", builder_config="brain_netflix")})
+  with pytest.raises(ConfigError, match=r"one beta per trial \(response .beta.\); set config.data.window=1"):
+    pipeline.validate_data(beta)
+  unknown = ml_collections.ConfigDict({"data": pipeline.data_config(name="cinebrain", builder_config="demo")})
+  with pytest.raises(ConfigError, match=r"builder_config = 'demo': the cinebrain builder's configs are \['visual'"):
+    pipeline.validate_data(unknown)
+  pipeline.validate_data(ml_collections.ConfigDict({"data": pipeline.data_config(name="cinebrain",
+                                                                                 builder_config="full")}))
+  with pytest.raises(ConfigError, match="unknown dataset"):
+    pipeline.validate_data(ml_collections.ConfigDict({"data": pipeline.data_config(name="nsd")}))

@@ -6,7 +6,14 @@ Every example the pipeline yields follows the schema of DESIGN.md §5:
   frames    uint8[T, H, W, 3]         the frames shown during the stimulus TR
   caption   str                       "A. Then B." when the TR spans a cut
   subject   int32,  clip_id  int64,   repeat int32 (-1: repeats averaged)
-  labels    {category, colour, direction, speed, scene}: int32
+  labels    {key: int32} for the dataset's `label_keys` (metadata; the synthetic benchmark's are
+            category, colour, direction, speed, scene; real datasets may have none)
+
+Real datasets (data_builders/<name>, built beforehand with `python -m brainjax.data.build`) come in the
+layouts of data_builders/common.py: 'shared' records hold every subject's responses, 'per_subject' records
+belong to the subject of their segment (`segment_subjects`). 'beta' datasets (one response per trial) are read
+with window 1 and no shift. Repeats a subject did not see are listed in the metadata (`missing_repeats`):
+averaging uses the present repeats only and `repeats='each'` skips the missing ones.
 
 For stimulus TR t of a segment, `fmri[j]` is the volume at TR
 t + hrf_shift_trs + j (j < window), so the window starts `hrf_shift_trs` TRs
@@ -54,6 +61,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+import data_builders
 from brainjax import config as cfg
 from brainjax.config import ConfigError
 
@@ -82,16 +90,33 @@ class WindowSpec:
     return self.window * self.temporal_average
 
 
-REAL_DATASETS = ("cc2017", "hcp", "bmd", "had", "cinebrain")
+REAL_DATASETS = data_builders.REAL_NAMES
 
 
 def _check_dataset_name(name: str) -> None:
-  if name in REAL_DATASETS:
-    raise ConfigError(
-        f"config.data.name = {name!r}: the builder for this real dataset is not part of this version of "
-        "brainjax yet (see README.md, 'Real data'); use --config.data.name=synthetic for now.")
-  if name != "synthetic":
+  if name not in data_builders.DATASETS:
     raise ConfigError(f"config.data.name = {name!r}: unknown dataset; choose 'synthetic' or one of {REAL_DATASETS}.")
+
+
+def _real_builder_class(data: ml_collections.ConfigDict):
+  """The builder class of a real dataset and the builder config `config.data.builder_config` names."""
+  try:
+    cls = data_builders.builder_class(data.name)
+  except ValueError as e:
+    raise ConfigError(f"config.data.name = {data.name!r}: {e}") from e
+  presets = [c.name for c in cls.BUILDER_CONFIGS]
+  if data.builder_config not in presets:
+    raise ConfigError(f"config.data.builder_config = {data.builder_config!r}: the {data.name} builder's configs are "
+                      f"{presets}; set --config.data.builder_config to one of them.")
+  return cls, data.builder_config
+
+
+def build_command(data: ml_collections.ConfigDict) -> str:
+  """The command that prepares the dataset `config.data` names."""
+  command = f"python -m brainjax.data.build {data.name} --manual_dir=<your copy of the release>"
+  if data.data_dir:
+    command += f" --data_dir={data.data_dir}"
+  return command + f" --config={data.builder_config}"
 
 
 def synthetic_builder_config(data: ml_collections.ConfigDict):
@@ -123,6 +148,8 @@ def _load_builder(data_json: str, prepare: bool):
   # metadata (and warns about custom configs) on every construction.
   data = ml_collections.ConfigDict(json.loads(data_json))
   _check_dataset_name(data.name)
+  if data.name != "synthetic":
+    return _load_real_builder(data, prepare)
   from data_builders import synthetic as synthetic_builder
 
   config = synthetic_builder_config(data)
@@ -136,6 +163,19 @@ def _load_builder(data_json: str, prepare: bool):
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("brainjax_data_prepared")
     builder = synthetic_builder.Builder(config=config, data_dir=data_dir, file_format="array_record")
+  return builder
+
+
+def _load_real_builder(data: ml_collections.ConfigDict, prepare: bool):
+  """A real dataset's builder. Real data are never built on first use (building reads the user's copy of the
+  release, which the training config does not name, and can take hours): a missing dataset is an error that
+  gives the build command."""
+  cls, config = _real_builder_class(data)
+  data_dir = str(epath.Path(data.data_dir).expanduser()) if data.data_dir else None
+  builder = cls(config=config, data_dir=data_dir, file_format="array_record")
+  if prepare and not builder.is_prepared():
+    raise ConfigError(f"the {data.name} dataset (config {config!r}) is not prepared in "
+                      f"{data_dir or 'the default TFDS data_dir'}; build it once with\n  {build_command(data)}")
   return builder
 
 
@@ -153,6 +193,12 @@ class FmriWindowSource:
     self._records = records
     self._spec = spec
     self._split = split
+    self._metadata = metadata
+    self.layout = metadata.get("layout", "shared")
+    self.response = metadata.get("response", "bold")
+    self.label_keys = tuple(metadata.get("label_keys", LABEL_KEYS))
+    if self.response == "beta":
+      _require_trial_window(spec, "this dataset")
     voxels = [s["num_voxels"] for s in metadata["subjects"]]
     self.dataset_subjects = len(voxels)
     for s in subjects:
@@ -162,6 +208,7 @@ class FmriWindowSource:
     self.subject_voxels = {s: int(voxels[s]) for s in subjects}  # real voxel count of each subject read
     self.num_voxels = self._target_voxels([voxels[s] for s in subjects])
     lengths = metadata["segment_trs"][split]
+    self._missing = _missing_repeats(metadata, split)
     self._index = self._build_index(lengths)
     if len(self._index) == 0:
       raise ConfigError(
@@ -186,20 +233,52 @@ class FmriWindowSource:
   def _build_index(self, lengths: Sequence[int]) -> np.ndarray:
     """Rows (subject, first record of the stimulus TR, first fMRI record, repeat)."""
     spec = self._spec
-    rows = []
+    rows, owners = [], []
     offset = 0
     shift = spec.hrf_shift_trs if self._split != "rest" else 0
-    for length in lengths:
+    owner_of = self._metadata.get("segment_subjects", {}).get(self._split) if self.layout == "per_subject" else None
+    if self.layout == "per_subject" and owner_of is None:
+      raise ValueError(f"a per_subject dataset must list segment_subjects for the {self._split} split; rebuild it.")
+    for segment, length in enumerate(lengths):
       for t in range(0, length - shift - spec.span_trs + 1, spec.stride):
         rows.append((offset + t, offset + t + shift))
+        owners.append(owner_of[segment] if owner_of is not None else -1)
       offset += length
     self.num_records = offset
     repeats = [-1] if spec.repeats == "average" else list(range(self._num_repeats()))
-    index = [(s, stim, first, r) for s in self.subjects for r in repeats for stim, first in rows]
+    index = [(s, stim, first, r) for s in self.subjects for r in repeats
+             for (stim, first), owner in zip(rows, owners) if owner in (-1, s)]
+    if self._missing:
+      index = [row for row in index if self._window_present(*row)]
     return np.asarray(index, dtype=np.int64).reshape(-1, 4)
 
+  def _window_present(self, subject: int, stim: int, first: int, repeat: int) -> bool:
+    """Whether every record of the window has a response of `subject` (repeat `repeat`, or any when averaging)."""
+    missing = self._missing.get(subject)
+    if not missing:
+      return True
+    total = self._num_repeats()
+    for record in range(first, first + self._spec.span_trs):
+      gone = missing.get(record, ())
+      if -1 in gone or (repeat < 0 and len(gone) >= total) or repeat in gone:
+        return False
+    return True
+
   def _num_repeats(self) -> int:
-    return int(self._records[0]["fmri"][f"subject_{self.subjects[0]}"].shape[0])
+    repeats = self._metadata.get("repeats", {})
+    if self._split in repeats:
+      return int(repeats[self._split])
+    return int(self._response(self._records[0], self.subjects[0]).shape[0])
+
+  def _response(self, record, subject: int) -> np.ndarray:
+    """float32 [R, V] of `subject` in a record, in either layout."""
+    return record["fmri"] if self.layout == "per_subject" else record["fmri"][f"subject_{subject}"]
+
+  def _average_present(self, record_index: int, volume: np.ndarray, subject: int) -> np.ndarray:
+    """Mean over the repeats the subject saw (the metadata lists the others; their rows are NaN or absent)."""
+    gone = self._missing.get(subject, {}).get(record_index, ())
+    keep = [r for r in range(volume.shape[0]) if r not in gone]
+    return volume[keep].mean(axis=0)
 
   def __len__(self) -> int:
     return len(self._index)
@@ -207,9 +286,13 @@ class FmriWindowSource:
   def __getitem__(self, i: int) -> dict[str, Any]:
     subject, stim, first, repeat = (int(v) for v in self._index[i])
     spec = self._spec
-    key = f"subject_{subject}"
-    volumes = np.stack([self._records[first + k]["fmri"][key] for k in range(spec.span_trs)])  # [span, R, V]
-    volumes = volumes.mean(axis=1) if repeat < 0 else volumes[:, repeat]
+    responses = [self._response(self._records[first + k], subject) for k in range(spec.span_trs)]  # [R, V] each
+    missing = self._missing.get(subject, {})
+    if repeat < 0 and any(first + k in missing for k in range(spec.span_trs)):
+      volumes = np.stack([self._average_present(first + k, v, subject) for k, v in enumerate(responses)])
+    else:
+      volumes = np.stack(responses)  # [span, R, V]
+      volumes = volumes.mean(axis=1) if repeat < 0 else volumes[:, repeat]
     fmri = volumes.reshape(spec.window, spec.temporal_average, -1).mean(axis=1)
     if not np.all(np.isfinite(fmri)):
       raise FloatingPointError(f"{self._split} record {first}: subject {subject} has NaN/Inf voxels; "
@@ -224,15 +307,26 @@ class FmriWindowSource:
         "subject": np.int32(subject),
         "clip_id": np.int64(stim_record["clip_id"]),
         "repeat": np.int32(repeat),
-        "labels": {k: np.int32(stim_record["labels"][k]) for k in LABEL_KEYS},
+        "labels": {k: np.int32(stim_record["labels"][k]) for k in self.label_keys},
     }
+
+
+def _missing_repeats(metadata: dict, split: str) -> dict[int, dict[int, set[int]]]:
+  """{subject: {record: repeats}} of the responses a subject does not have (metadata `missing_repeats`;
+  repeat -1: the record has no response of that subject at all)."""
+  out: dict[int, dict[int, set[int]]] = {}
+  for subject, pairs in (metadata.get("missing_repeats") or {}).get(split, {}).items():
+    for record, repeat in pairs:
+      out.setdefault(int(subject), {}).setdefault(int(record), set()).add(int(repeat))
+  return out
 
 
 class StimulusSource:
   """The stimulus TRs of a split without fMRI (for training and caching the CLIP towers)."""
 
-  def __init__(self, records):
+  def __init__(self, records, label_keys: Sequence[str] = LABEL_KEYS):
     self._records = records
+    self.label_keys = tuple(label_keys)
 
   def __len__(self) -> int:
     return len(self._records)
@@ -241,14 +335,15 @@ class StimulusSource:
     record = self._records[i]
     return {"record": np.int64(i), "frames": record["frames"], "caption": _text(record["caption"]),
             "clip_id": np.int64(record["clip_id"]),
-            "labels": {k: np.int32(record["labels"][k]) for k in LABEL_KEYS}}
+            "labels": {k: np.int32(record["labels"][k]) for k in self.label_keys}}
 
 
 def make_stimulus_source(data: ml_collections.ConfigDict, split: str) -> StimulusSource:
   if split == "rest":
     raise ConfigError("the rest split has no stimulus; use 'train' or 'test'.")
   builder = load_builder(data)
-  return StimulusSource(builder.as_data_source(split=split))
+  label_keys = dict(builder.info.metadata or {}).get("label_keys", LABEL_KEYS)
+  return StimulusSource(builder.as_data_source(split=split), label_keys)
 
 
 def _text(value: Any) -> str:
@@ -270,7 +365,9 @@ def make_source(data: ml_collections.ConfigDict, split: str, spec: WindowSpec | 
   records = builder.as_data_source(split=split)
   metadata = dict(builder.info.metadata)
   _check_record_order(records, metadata, split)
-  return FmriWindowSource(records, metadata, split, tuple(data.subjects), spec or WindowSpec.from_config(data))
+  # No subjects listed: all of the dataset's (MinD-Vis pretrains on every HCP subject).
+  subjects = tuple(data.subjects) or tuple(range(len(metadata["subjects"])))
+  return FmriWindowSource(records, metadata, split, subjects, spec or WindowSpec.from_config(data))
 
 
 def dataset_key(data: ml_collections.ConfigDict) -> str:
@@ -485,13 +582,16 @@ def validate_data(config: ml_collections.ConfigDict, splits: Sequence[str] = ("t
   cfg.require_choice(config, "data.repeats", ("average", "each"))
   cfg.require_choice(config, "data.voxel_padding", ("none", "wrap"))
   subjects = cfg.get_path(config, "data.subjects")
-  if not subjects or not all(isinstance(s, int) and s >= 0 for s in subjects):
-    raise ConfigError(f"config.data.subjects = {subjects!r}: must be a non-empty list of subject indices.")
+  if subjects is None or not all(isinstance(s, int) and s >= 0 for s in subjects):
+    raise ConfigError(f"config.data.subjects = {subjects!r}: must be a list of subject indices (empty: all).")
   if len(set(subjects)) != len(subjects):
     raise ConfigError(f"config.data.subjects = {subjects!r} lists a subject twice.")
+  if config.data.name != "synthetic":
+    _validate_real_data(config.data)
+    return
   spec = synthetic_builder_config(config.data).spec
   spec.validate()
-  if max(subjects) >= spec.num_subjects:
+  if subjects and max(subjects) >= spec.num_subjects:
     raise ConfigError(f"config.data.subjects = {list(subjects)}: the dataset has subjects 0..{spec.num_subjects - 1}.")
   window = WindowSpec.from_config(config.data)
   for split in splits:
@@ -502,3 +602,20 @@ def validate_data(config: ml_collections.ConfigDict, splits: Sequence[str] = ("t
           f"config.data: a window of {window.window} x temporal_average {window.temporal_average} TRs after a "
           f"shift of {shift} TRs does not fit in a {length}-TR {split} segment; reduce data.window, "
           "data.temporal_average or data.hrf_shift_trs.")
+
+
+def _validate_real_data(data: ml_collections.ConfigDict) -> None:
+  """What can be checked about a real dataset before it is built: its builder config exists, and a beta
+  dataset is read one trial at a time. Subject counts and segment lengths are checked when the data are read."""
+  _real_builder_class(data)
+  if data_builders.DATASETS[data.name]["response"] == "beta":
+    _require_trial_window(WindowSpec.from_config(data), data.name)
+
+
+def _require_trial_window(spec: WindowSpec, dataset: str) -> None:
+  """Beta datasets hold one response per trial: no window of TRs, no hemodynamic shift, no averaging."""
+  if (spec.window, spec.hrf_shift_trs, spec.temporal_average) != (1, 0, 1):
+    raise ConfigError(
+        f"config.data: {dataset} holds one beta per trial (response 'beta'); set config.data.window=1, "
+        f"config.data.hrf_shift_trs=0 and config.data.temporal_average=1 (got window={spec.window}, "
+        f"hrf_shift_trs={spec.hrf_shift_trs}, temporal_average={spec.temporal_average}).")

@@ -41,6 +41,7 @@ def stage_config(**overrides) -> ml_collections.ConfigDict:
   """`config.mbm_pretrain` at the paper's settings; recipes override what differs."""
   stage = ml_collections.ConfigDict(dict(
       split="rest",
+      eval_split="test",                   # masked-patch correlation reported on it; "" = none (HCP has no test)
       init_from="",                        # 'stage:mbm_pretrain' for mbm_finetune
       # MBM reads single volumes averaged over ~8 s (4 TRs of 2 s), non-overlapping,
       # every subject wrap-padded to one length (MinD-Vis lineage).
@@ -65,7 +66,9 @@ def stage_config(**overrides) -> ml_collections.ConfigDict:
 def validate(config: ml_collections.ConfigDict, name: str = "mbm_pretrain") -> None:
   data = common.stage_data_config(config, name)
   cfg.require_choice(config, f"{name}.split", ("rest", "train"))
-  pipeline.validate_data(ml_collections.ConfigDict({"data": data}), splits=(config[name].split, "test"))
+  cfg.require_choice(config, f"{name}.eval_split", ("", "test", "train", "rest"))
+  splits = tuple(s for s in (config[name].split, config[name].eval_split) if s)
+  pipeline.validate_data(ml_collections.ConfigDict({"data": data}), splits=splits)
   common.validate_train(config, name)
   if data.window != 1:
     raise cfg.ConfigError(f"config.{name}.data_overrides.window = {data.window}: MBM reads single "
@@ -82,7 +85,7 @@ def validate(config: ml_collections.ConfigDict, name: str = "mbm_pretrain") -> N
     raise cfg.ConfigError(f"config.data.pad_multiple = {data.pad_multiple} must be a multiple of "
                           f"config.{name}.model.patch_size = {model.patch_size}.")
   common.validate_init_from(config, name)
-  common.validate_datasets(config, name, splits=(config[name].split, "test"))
+  common.validate_datasets(config, name, splits=splits)
 
 
 def model_and_loss(config: ml_collections.ConfigDict, num_voxels: int, name: str = "mbm_pretrain",
@@ -129,13 +132,16 @@ def run(ctx: StageContext) -> dict:
   common.save_params(ctx.stage_dir, params, {"kind": "mbm", "num_voxels": source.num_voxels,
                                              "num_subjects": model.num_subjects, "model": stage.model.to_dict(),
                                              "subject_table": table, "variable_voxels": variable})
-  test = common.make_stage_source(ctx.config, ctx.name, "test", weighted=False)
-  corr = masked_patch_correlation(model, params, test, seed=ctx.config.seed, by_dataset=variable)
   summary = {"steps": int(jax.device_get(state.step)), "num_voxels": source.num_voxels,
-             "train_windows": len(source), "test_masked_patch_corr": corr["all"] if variable else corr}
+             "train_windows": len(source)}
+  if not stage.eval_split:
+    return summary
+  test = common.make_stage_source(ctx.config, ctx.name, stage.eval_split, weighted=False)
+  corr = masked_patch_correlation(model, params, test, seed=ctx.config.seed, by_dataset=variable)
+  summary[f"{stage.eval_split}_masked_patch_corr"] = corr["all"] if variable else corr
   if variable:
     summary.update(num_datasets=len(source.sources), num_subjects_total=source.dataset_subjects,
-                   test_masked_patch_corr_by_dataset=corr["by_dataset"])
+                   **{f"{stage.eval_split}_masked_patch_corr_by_dataset": corr["by_dataset"]})
   return summary
 
 
