@@ -106,7 +106,10 @@ def match_size(real: np.ndarray, like: np.ndarray) -> np.ndarray:
   """uint8 clips [B, T, H, W, 3] resized (antialiased) to `like`'s H x W."""
   if real.shape[2:4] == like.shape[2:4]:
     return real
-  x = jax.image.resize(vae.to_model_range(real), real.shape[:2] + like.shape[2:], "linear", antialias=True)
+  if like.shape[2] != like.shape[3]:
+    x = jax.image.resize(vae.to_model_range(real), real.shape[:2] + like.shape[2:], "linear", antialias=True)
+  else:
+    x = vae.to_model_input(real, like.shape[2])
   return np.asarray(vae.to_uint8(x))
 
 

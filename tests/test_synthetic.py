@@ -397,7 +397,7 @@ def test_frames_per_tr_must_be_an_integer():
     ("clip_seconds", (12.0, 4.0)), ("clip_seconds", (0.1, 4.0)), ("clip_seconds", (4.0,)),
     ("hrf_peak_s", (6.0, 4.0)), ("hrf_peak_s", (4.0, 20.0)), ("hrf_peak_s", (0.0, 5.0)),
     ("group_fractions", (0.5, 0.5)), ("group_fractions", (0.35, 0.15, 0.2, 0.1, 0.0)),
-    ("noise_scale", -1.0), ("noise_scale", float("nan")),
+    ("noise_scale", -1.0), ("noise_scale", float("nan")), ("object_radius", 0.01), ("object_radius", 0.5),
 ])
 def test_bad_spec_values_raise_naming_the_field(field, value):
   with pytest.raises(ValueError, match=rf"SyntheticSpec\.{field} .*must"):
@@ -430,6 +430,18 @@ def _single_clip_frames(category=0, colour=0, direction=0, speed=0, scene=None, 
   clip = S.Clip(clip_id=0, start_s=0.0, duration_s=spec.segment_trs * spec.tr_s, category=category, colour=colour,
                 direction=direction, speed=speed, scene=scene, caption="", start_xy=start_xy)
   return spec, S.render_segment(spec, [clip])
+
+
+def test_object_radius_scales_the_object_area():
+  white = S.COLOURS.index("white")
+  areas = []
+  for radius in (0.16, 0.26):
+    spec = S.SyntheticSpec(resolution=64, segment_trs=10, object_radius=radius)
+    clip = S.Clip(clip_id=0, start_s=0.0, duration_s=20.0, category=S.CLASSES.index("square"), colour=white,
+                  direction=0, speed=0, scene=S.SCENES.index("plain grey room"), caption="", start_xy=(0.5, 0.5))
+    areas.append(int((S.render_segment(spec, [clip])[0].min(axis=-1) > 180).sum()))
+  # ~ (0.26 / 0.16)^2 = 2.6; a little more, since the anti-aliased rim counts less on the small one
+  assert 2.4 < areas[1] / areas[0] < 3.2
 
 
 def test_object_classes_have_distinct_silhouettes():

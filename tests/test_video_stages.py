@@ -134,6 +134,24 @@ def test_video_stage_config_errors(tmp_path):
     config.stages = ("clip_fit", "clip_embed", "vae_fit", "video_finetune", "cotrain", "align")
   with pytest.raises(ConfigError, match="needs stage 'align' to run before 'cotrain'"):
     runner.validate(config)
+  config = tiny_video_config(str(tmp_path / "data"))
+  with config.unlocked():
+    config.vae_fit.resolution = -16
+  with pytest.raises(ConfigError, match="config.vae_fit.resolution = -16"):
+    runner.validate(config)
+
+
+def test_frames_are_resized_once_the_same_way_for_every_stage():
+  frames = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32, 3), dtype=np.uint8)
+  same = vae.to_model_input(frames, 0)
+  np.testing.assert_allclose(np.asarray(same), frames.astype(np.float32) / 127.5 - 1.0, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(vae.to_model_input(frames, 32)), np.asarray(same))
+  small = np.asarray(vae.to_model_input(frames, 16))
+  assert small.shape == (2, 3, 16, 16, 3)
+  # antialiased: a downscale keeps each frame's mean (no aliasing of the noise) and constant frames constant
+  np.testing.assert_allclose(small.mean(axis=(2, 3)), np.asarray(same).mean(axis=(2, 3)), atol=0.02)
+  flat = np.full((1, 1, 32, 32, 3), 200, np.uint8)
+  np.testing.assert_allclose(np.asarray(vae.to_model_input(flat, 8)), 200 / 127.5 - 1.0, atol=1e-5)
 
 
 def test_too_many_frames_per_clip_is_a_config_error():

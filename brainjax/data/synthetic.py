@@ -152,7 +152,6 @@ RETINOTOPIC_GRID = 16          # side of the low-resolution image retinotopic RF
 _HUE_CHANNELS = 8              # hue-tuned chroma channels, 45 degrees apart
 _VISUAL_CHANNELS = 2 + _HUE_CHANNELS  # + luminance contrast on / off
 _HUE_KAPPA = 2.0               # von Mises concentration of hue tuning (~50 degrees half width)
-_OBJECT_RADIUS = 0.16          # unit shape radius in frame widths: objects span ~1/4-1/3 of the frame
 _SHAPE_EXTENT = 1.1            # every unit shape fits in |x|, |y| <= this
 # Signal amplitude per group, relative to a total noise sd of ~1 (calibrated, see above).
 _GROUP_AMPLITUDE = MappingProxyType({"retinotopic": 1.5, "motion": 1.0, "category": 1.1, "scene": 1.0, "noise": 0.0})
@@ -236,6 +235,9 @@ class SyntheticSpec:
   hrf_peak_s: tuple[float, float] = (4.0, 6.0)
   group_fractions: tuple[float, ...] = (0.35, 0.15, 0.2, 0.1, 0.2)  # per VOXEL_GROUPS
   noise_scale: float = 1.0       # multiplies all noise
+  # Unit shape radius in frame widths: 0.16 spans ~1/4-1/3 of the frame. Larger objects keep their shape
+  # legible at low resolution (the CPU demo renders 32 px frames).
+  object_radius: float = 0.16
 
   def __post_init__(self):
     self.validate()
@@ -262,6 +264,8 @@ class SyntheticSpec:
     self._validate_group_fractions()
     if _check_real("noise_scale", self.noise_scale) < 0:
       _fail("noise_scale", self.noise_scale, "must be >= 0.")
+    if not 0.05 <= _check_real("object_radius", self.object_radius) <= 0.4:
+      _fail("object_radius", self.object_radius, "must be in [0.05, 0.4] frame widths.")
 
   def _validate_subjects(self) -> None:
     _check_int("num_subjects", self.num_subjects, 1)
@@ -620,14 +624,14 @@ def _clip_velocity(clip: Clip) -> tuple[float, float]:
   return dx * speed, dy * speed
 
 
-def _draw_objects(frames: np.ndarray, centres: np.ndarray, category: int, colour: int) -> None:
+def _draw_objects(frames: np.ndarray, centres: np.ndarray, category: int, colour: int, radius: float) -> None:
   """Composites the outlined object at `centres` (one per frame) into uint8 `frames` in place.
 
   Only a box around each object is touched; box indices wrap modulo the frame
   size, which is what makes the object wrap around the edges.
   """
   size = frames.shape[1]
-  radius_px = _OBJECT_RADIUS * size
+  radius_px = radius * size
   outline_px = max(1.0, size / 64.0)
   half = math.ceil(_SHAPE_EXTENT * radius_px + outline_px + 1.0)
   offsets = np.arange(-half, half)
@@ -657,7 +661,8 @@ def render_segment(spec: SyntheticSpec, clips: Sequence[Clip]) -> np.ndarray:
       continue
     clip_frames = frames[shown[0]:shown[-1] + 1]  # a clip's frames are contiguous
     clip_frames[:] = _to_uint8(render_background(clip.scene, size, clip.texture_shift))
-    _draw_objects(clip_frames, _object_centres(clip, shown / spec.fps), clip.category, clip.colour)
+    _draw_objects(clip_frames, _object_centres(clip, shown / spec.fps), clip.category, clip.colour,
+                  spec.object_radius)
   return frames
 
 

@@ -492,6 +492,15 @@ def abstract_params(module: AutoencoderKL, *, boxed: bool = False) -> Any:
 # --------------------------------------------------------------------------------------- latents
 
 
+def to_model_input(frames: jax.Array, resolution: int = 0) -> jax.Array:
+  """uint8 frames [..., H, W, 3] -> float32 [-1, 1], resized (linear, antialiased) to resolution^2 when it is
+  set and differs. The one resize every stage applies before the VAE (fit, latent caches, baselines)."""
+  x = to_model_range(frames)
+  if resolution and x.shape[-3:-1] != (resolution, resolution):
+    x = jax.image.resize(x, x.shape[:-3] + (resolution, resolution, 3), "linear", antialias=True)
+  return x
+
+
 def to_model_range(images: jax.Array) -> jax.Array:
   """uint8 [0, 255] -> float32 [-1, 1]; floats are taken to be in [-1, 1] already and passed through."""
   images = jnp.asarray(images)

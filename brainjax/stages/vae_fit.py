@@ -42,6 +42,8 @@ def stage_config(**overrides) -> ml_collections.ConfigDict:
       # Small on purpose: XLA's CPU convolutions make a 64 px VAE step costly; 16 x 16 x 4 latents.
       model=dict(block_out_channels=(16, 32, 64), layers_per_block=1, latent_channels=4, norm_num_groups=8),
       kl_weight=1e-6,
+      resolution=0,  # frames resized to this square size first (0: their own); video stages use the same
+
       optim=optim_config(lr=2e-3, weight_decay=0.0, warmup_steps=30, grad_clip_norm=1.0),
       batch_size=16, num_steps=300, log_every_steps=50, checkpoint_every_steps=150, keep_checkpoints=2,
   ))
@@ -56,6 +58,7 @@ def validate(config: ml_collections.ConfigDict, name: str) -> None:
                           "point config.video_finetune.vae_path at a pretrained VAE (e.g. stable-diffusion-v1-5/vae).")
   common.validate_train(config, "vae_fit")
   cfg.require_positive(config, "vae_fit.kl_weight", allow_zero=True)
+  cfg.require_positive_int(config, "vae_fit.resolution", allow_zero=True)
   try:
     build(config.vae_fit)
   except ValueError as e:
@@ -79,9 +82,10 @@ def run(ctx: StageContext) -> dict:
   stage = ctx.config.vae_fit
   model = build(stage)
   source = pipeline.make_stimulus_source(ctx.config.data, "train")
-  resolution = int(source[0]["frames"].shape[1])
+  resolution = stage.resolution or int(source[0]["frames"].shape[1])
   if resolution % model.config.downsampling_factor:
-    raise cfg.ConfigError(f"the frames are {resolution} px, not a multiple of the VAE's downsampling factor "
+    raise cfg.ConfigError(f"the frames are {resolution} px (config.vae_fit.resolution or the data's own size), "
+                          f"not a multiple of the VAE's downsampling factor "
                           f"{model.config.downsampling_factor}; change config.vae_fit.model.block_out_channels.")
 
   def init_variables(rng):
@@ -91,7 +95,7 @@ def run(ctx: StageContext) -> dict:
     frames = batch["frames"]
     pick_rng, sample_rng = jax.random.split(rng)
     pick = jax.random.randint(pick_rng, (frames.shape[0],), 0, frames.shape[1])  # a random frame of each TR
-    x = vae.to_model_range(frames[jnp.arange(frames.shape[0]), pick])
+    x = vae.to_model_input(frames[jnp.arange(frames.shape[0]), pick], resolution)
     posterior = model.apply({"params": params}, x, method=vae.AutoencoderKL.encode)
     recon = model.apply({"params": params}, posterior.sample(sample_rng), method=vae.AutoencoderKL.decode)
     mse = jnp.mean(jnp.square(recon - x))
@@ -104,32 +108,38 @@ def run(ctx: StageContext) -> dict:
                        batch_keys=("frames",))
   params = jax.device_get(state.params)
 
-  scaling = _scaling_factor(model, params, source)
+  scaling = _scaling_factor(model, params, source, resolution)
   config = dataclasses.replace(model.config, scaling_factor=scaling, sample_size=resolution)
-  psnr, sheet = _test_reconstructions(model, params, pipeline.make_stimulus_source(ctx.config.data, "test"))
+  psnr, sheet = _test_reconstructions(model, params, pipeline.make_stimulus_source(ctx.config.data, "test"),
+                                      resolution)
   if jax.process_index() == 0:
     vae.save_vae(ctx.stage_dir / "vae", config, params)
     media.write_png(ctx.stage_dir / "reconstructions.png", sheet, scale=2)
   return {"steps": int(jax.device_get(state.step)), "test_psnr_db": psnr, "scaling_factor": scaling}
 
 
-def _scaling_factor(model: vae.AutoencoderKL, params, source, count: int = 256) -> float:
+def _scaling_factor(model: vae.AutoencoderKL, params, source, resolution: int, count: int = 256) -> float:
   """1 / std of the (unscaled) posterior means of up to `count` training frames."""
-  encode = jax.jit(lambda p, x: model.apply({"params": p}, vae.to_model_range(x), method=vae.AutoencoderKL.encode).mean)
+  encode = jax.jit(lambda p, x: model.apply({"params": p}, vae.to_model_input(x, resolution),
+                                            method=vae.AutoencoderKL.encode).mean)
   idx = np.linspace(0, len(source) - 1, min(count, len(source))).astype(int)
   frames = np.stack([source[int(i)]["frames"][0] for i in idx])
   latents = np.concatenate([np.asarray(encode(params, frames[s:s + 64])) for s in range(0, len(frames), 64)])
   return float(1.0 / latents.std())
 
 
-def _test_reconstructions(model: vae.AutoencoderKL, params, source, columns: int = 8) -> tuple[float, np.ndarray]:
-  """PSNR (dB, uint8 range) over the middle frame of every test TR, and a sheet of the first `columns`."""
-  recon_fn = jax.jit(lambda p, x: vae.to_uint8(model.apply({"params": p}, vae.to_model_range(x))))
+def _test_reconstructions(model: vae.AutoencoderKL, params, source, resolution: int,
+                          columns: int = 8) -> tuple[float, np.ndarray]:
+  """PSNR (dB, uint8 range) of the middle frame of every test TR (at `resolution`), and a sheet of the first
+  `columns`."""
+  recon_fn = jax.jit(lambda p, x: vae.to_uint8(model.apply({"params": p}, vae.to_model_input(x, resolution))))
+  target_fn = jax.jit(lambda x: vae.to_uint8(vae.to_model_input(x, resolution)))
   mse, originals, recons = [], [], []
   for start in range(0, len(source), 64):
     frames = np.stack([source[i]["frames"][len(source[i]["frames"]) // 2]
                        for i in range(start, min(len(source), start + 64))])
     out = np.asarray(recon_fn(params, frames))
+    frames = np.asarray(target_fn(frames))
     mse.append(np.mean((out.astype(np.float64) - frames) ** 2, axis=(1, 2, 3)))
     if start == 0:
       step = max(1, len(frames) // columns)

@@ -130,9 +130,7 @@ def posterior_cache(vae_module, vae_params, source, num_frames: int, resolution:
 
   @jax.jit
   def moments(frames):
-    x = vae.to_model_range(frames)
-    if resolution and x.shape[2] != resolution:
-      x = jax.image.resize(x, x.shape[:2] + (resolution, resolution, 3), "linear", antialias=True)
+    x = vae.to_model_input(frames, resolution)
     b, t = x.shape[:2]
     posterior = vae_module.apply({"params": vae_params}, x.reshape(b * t, *x.shape[2:]),
                                  method=vae.AutoencoderKL.encode)
