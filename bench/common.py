@@ -132,3 +132,30 @@ def ratio_line(times: Mapping[str, list[float]], slow: str = "pytorch", fast: st
   ratios = np.asarray(times[slow]) / np.asarray(times[fast])
   return (f"speed ratio {fast} / {slow}: {np.median(ratios):.2f}x (median of {len(ratios)} interleaved rounds; "
           f"range {ratios.min():.2f}-{ratios.max():.2f})")
+
+
+def train_step_report(times: Mapping[str, list[float]], peaks: list[float], *, flops: float, compile_s: float,
+                      shapes: str, precision: str = "", per: str = "s/step") -> str:
+  """The report of a train-step benchmark: header, shapes, FLOPs, each side's speed and MFU, the ratio.
+
+  per: 's/step' or 'steps/s' (how each side's median time is shown).
+  """
+  peak = float(np.median(peaks))
+  sec = {name: float(np.median(t)) for name, t in times.items()}
+  speed = {name: f"{1.0 / s:.3f} steps/s" if per == "steps/s" else f"{s:.3f} s/step" for name, s in sec.items()}
+  note = f", {precision}" if precision else ""
+  head, peak_line = header(peaks)
+  lines = [
+      head, "shapes: " + shapes, peak_line,
+      f"FLOPs per step (XLA cost analysis of the compiled brainjax step): {flops / 1e9:.2f} GFLOP",
+      f"brainjax (jit, donated state{note}): {speed['brainjax']}, MFU {flops / sec['brainjax'] / peak:.1%} "
+      f"(compile {compile_s:.1f} s)",
+  ]
+  if "pytorch" in times:
+    import torch
+    lines += [
+        f"pytorch {torch.__version__} eager{note} ({torch.get_num_threads()} threads, OMP_WAIT_POLICY="
+        f"{os.environ.get('OMP_WAIT_POLICY')}): {speed['pytorch']}, MFU {flops / sec['pytorch'] / peak:.1%}",
+        ratio_line(times),
+    ]
+  return "\n".join(lines)

@@ -146,27 +146,11 @@ def main() -> None:
   # The machine's speed drifts (a shared host): rounds interleave the two sides and a peak
   # measurement, and the figures are medians over rounds.
   times, peaks = common.interleaved(runners, args.steps, peak_fn, warmup=args.warmup)
-  peak = float(np.median(peaks))
-  sps = {name: 1.0 / float(np.median(t)) for name, t in times.items()}
-  head, peak_line = common.header(peaks)
-  lines = [
-      head,
-      f"shapes: voxels {args.voxels} (patch {args.patch} -> {args.voxels // args.patch} patches), encoder "
-      f"{args.depth} x {args.embed} ({args.heads} heads, mlp ratio {args.mlp_ratio}), decoder {args.decoder_depth} x "
-      f"{args.decoder_embed} ({args.decoder_heads} heads), mask {args.mask_ratio}, batch {args.batch}",
-      peak_line,
-      f"FLOPs per step (XLA cost analysis of the compiled brainjax step): {flops / 1e9:.2f} GFLOP",
-      f"brainjax (jit, donated state): {sps['brainjax']:.3f} steps/s, MFU {flops * sps['brainjax'] / peak:.1%} "
-      f"(compile {compile_s:.1f} s)",
-  ]
-  if "pytorch" in runners:
-    import torch
-    lines += [
-        f"pytorch {torch.__version__} eager ({torch.get_num_threads()} threads, OMP_WAIT_POLICY="
-        f"{os.environ.get('OMP_WAIT_POLICY')}): {sps['pytorch']:.3f} steps/s, MFU {flops * sps['pytorch'] / peak:.1%}",
-        common.ratio_line(times),
-    ]
-  print("\n".join(lines))
+  shapes = (f"voxels {args.voxels} (patch {args.patch} -> {args.voxels // args.patch} patches), encoder "
+            f"{args.depth} x {args.embed} ({args.heads} heads, mlp ratio {args.mlp_ratio}), decoder "
+            f"{args.decoder_depth} x {args.decoder_embed} ({args.decoder_heads} heads), mask {args.mask_ratio}, "
+            f"batch {args.batch}")
+  print(common.train_step_report(times, peaks, flops=flops, compile_s=compile_s, shapes=shapes, per="steps/s"))
 
 
 if __name__ == "__main__":

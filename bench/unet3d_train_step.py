@@ -121,23 +121,8 @@ def main() -> None:
   if not args.skip_torch:
     runners["pytorch"] = torch_runner(model, x0, cond)
   times, peaks = common.interleaved(runners, args.steps, peak_fn, warmup=args.warmup)
-  peak = float(np.median(peaks))
-  sec = {name: float(np.median(t)) for name, t in times.items()}
-  head, peak_line = common.header(peaks)
-  lines = [
-      head, "shapes: " + unet3d_models.describe(args, num_params), peak_line,
-      f"FLOPs per step (XLA cost analysis of the compiled brainjax step): {flops / 1e9:.2f} GFLOP",
-      f"brainjax (jit, donated state, float32): {sec['brainjax']:.3f} s/step, MFU {flops / sec['brainjax'] / peak:.1%} "
-      f"(compile {compile_s:.1f} s)",
-  ]
-  if "pytorch" in runners:
-    import torch
-    lines += [
-        f"pytorch {torch.__version__} eager, float32 ({torch.get_num_threads()} threads, OMP_WAIT_POLICY="
-        f"{os.environ.get('OMP_WAIT_POLICY')}): {sec['pytorch']:.3f} s/step, MFU {flops / sec['pytorch'] / peak:.1%}",
-        common.ratio_line(times),
-    ]
-  print("\n".join(lines))
+  print(common.train_step_report(times, peaks, flops=flops, compile_s=compile_s,
+                                 shapes=unet3d_models.describe(args, num_params), precision="float32"))
 
 
 if __name__ == "__main__":

@@ -62,12 +62,13 @@ def _neuralflix(config: ml_collections.ConfigDict, beta: float) -> ml_collection
       config[stage].dependent_noise_beta = config.get_ref("neuralflix_beta")
   for stage in ("video_finetune", "cotrain"):
     config[stage].variant = "neuralflix"
-  config.video_finetune.optim.trainable = [video_unet.trainable_pattern("neuralflix")]
   return config
 
 
 def paper() -> ml_collections.ConfigDict:
   config = _neuralflix(mindvideo.paper(), PAPER_BETA)
+  # SD 1.5's 2-D layers stay frozen; the demo's UNet is trained from scratch, so it trains everything.
+  config.video_finetune.optim.trainable = [video_unet.trainable_pattern("neuralflix")]
   config.video_finetune.update(num_steps=1000, batch_size=14)
   config.video_finetune.optim.lr = 2e-5
   config.cotrain.batch_size = 24
@@ -77,6 +78,11 @@ def paper() -> ml_collections.ConfigDict:
 
 def demo() -> ml_collections.ConfigDict:
   config = _neuralflix(mindvideo.demo(), PAPER_BETA)
+  # The same CPU budget as MinD-Video's demo: alignment runs three encoder passes per step (plain,
+  # spatially masked, temporally interpolated) and the pseudo-3-D convolutions double the UNet's step.
+  config.align.num_steps = 120
+  config.video_finetune.num_steps = 600
+  config.cotrain.num_steps = 250
   config.ablations = ml_collections.ConfigDict({
       "no_augmentation": ["align.spatial_mask_ratio=0.0", "align.temporal_interp_ratio=0.0",
                           "align.mu_spa=0.0", "align.mu_tem=0.0"],

@@ -6,6 +6,7 @@ from ml_collections import config_flags  # noqa: F401  (the loader main.py uses)
 from brainjax import runner
 from brainjax.config import ConfigError
 from brainjax.config import select_preset
+from brainjax.models import video_unet
 from tests import helpers
 
 
@@ -30,6 +31,9 @@ def test_neuralflix_is_mindvideo_with_augmentation_unet_variant_and_dependent_no
   for stage in ("video_finetune", "cotrain"):
     assert flix[stage].variant == "neuralflix" and flix[stage].dependent_noise_beta == 0.75
   assert (flix.video_finetune.num_steps, flix.cotrain.batch_size, flix.cotrain.optim.lr) == (1000, 24, 2e-5)
+  # SD's 2-D layers stay frozen in the paper; the demo's from-scratch UNet trains every parameter
+  assert list(flix.video_finetune.optim.trainable) == [video_unet.trainable_pattern("neuralflix")]
+  assert list(_load("demo", "neuralflix").video_finetune.optim.trainable) == []
 
 
 def test_one_beta_knob_reaches_every_stage_also_through_ablation_overrides():
