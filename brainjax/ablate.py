@@ -6,10 +6,10 @@ r"""Run a recipe's ablations: one workdir per variant, shared stages computed on
 
 Without --variant the recipe's own `config.ablations` (name -> list of
 "field=value" overrides) are run. The base recipe runs in `<workdir>/base`;
-each variant runs in `<workdir>/<name>`, where the leading stages whose
-settings are identical to the base's are linked from the base instead of
-recomputed (the first stage that differs, and every stage after it, runs
-again). The summaries of the last stage of every run are gathered into
+each variant runs in `<workdir>/<name>`, where the stages whose settings
+are identical to the base's, and whose inputs (the "stage:..." paths in their
+config) are all reused too, are linked from the base instead of recomputed;
+every other stage runs again. The summaries of the last stage of every run are gathered into
 `<workdir>/ablation.json` and a Markdown table `<workdir>/ablation.md`.
 """
 
@@ -92,16 +92,43 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
   return config
 
 
+# Inputs a stage reads without naming them in its config as "stage:<name>[/...]" paths.
+IMPLICIT_INPUTS = {"align": ("clip_embed",)}
+
+
+def stage_inputs(config: ml_collections.ConfigDict, name: str) -> set[str]:
+  """The stages whose outputs stage `name` reads: every "stage:<other>" path in config.<name>, plus
+  IMPLICIT_INPUTS."""
+  found = set(IMPLICIT_INPUTS.get(name, ()))
+
+  def walk(value) -> None:
+    if isinstance(value, str) and value.startswith("stage:"):
+      found.add(value[len("stage:"):].split("/")[0])
+    elif isinstance(value, dict):
+      for v in value.values():
+        walk(v)
+    elif isinstance(value, (list, tuple)):
+      for v in value:
+        walk(v)
+
+  walk(config[name].to_dict() if name in config else {})
+  return found
+
+
 def link_shared_stages(base: ml_collections.ConfigDict, variant: ml_collections.ConfigDict,
                        base_dir: epath.Path, variant_dir: epath.Path) -> list[str]:
-  """Links the leading stages whose settings equal the base's; returns their names."""
+  """Links every finished base stage whose settings equal the variant's and whose inputs are all linked
+  too (so a stage that does not depend on what the variant changes, e.g. the VAE when the fMRI window
+  changes, is reused even after a stage that does); returns their names."""
   linked = []
   variant_dir.mkdir(parents=True, exist_ok=True)
   for name in variant.stages:
     if name not in base.stages or runner.stage_fingerprint(base, name) != runner.stage_fingerprint(variant, name):
-      break
+      continue
     if not (base_dir / name / "DONE.json").exists():
-      break
+      continue
+    if not stage_inputs(variant, name) <= set(linked):
+      continue
     target = variant_dir / name
     if not target.exists():
       os.symlink(os.path.abspath(base_dir / name), target)

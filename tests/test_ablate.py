@@ -24,18 +24,26 @@ def test_apply_overrides_types_and_unknown_fields():
     ablate.apply_overrides(config, ["align.modalitiez=1"])
 
 
-def test_only_leading_identical_stages_are_shared(tmp_path):
+def test_stages_are_shared_when_their_settings_and_inputs_are(tmp_path):
   base = helpers.load_recipe("mindvideo", "demo")
   for name in base.stages:
     (tmp_path / "base" / name).mkdir(parents=True)
     (tmp_path / "base" / name / "DONE.json").write_text("{}")
   window = ablate.apply_overrides(base, ["data.window=1"])
-  # MBM reads single volumes whatever data.window is, and the CLIP stages read only stimuli.
+  # MBM reads single volumes whatever data.window is, the CLIP stages, the VAE, the text-to-video UNet
+  # and the stand-in classifiers read only stimuli; align, cotrain (its encoder) and evaluate run again.
   assert ablate.link_shared_stages(base, window, tmp_path / "base", tmp_path / "w1") == [
-      "mbm_pretrain", "mbm_finetune", "clip_fit", "clip_embed"]
-  assert os.path.islink(tmp_path / "w1" / "clip_embed")
+      "mbm_pretrain", "mbm_finetune", "clip_fit", "clip_embed", "vae_fit", "video_finetune", "classifier_fit"]
+  assert os.path.islink(tmp_path / "w1" / "video_finetune") and not (tmp_path / "w1" / "align").exists()
+  # a stage whose own settings are unchanged still runs again when an input does
+  clip = ablate.apply_overrides(base, ["clip_fit.num_steps=10"])
+  linked = ablate.link_shared_stages(base, clip, tmp_path / "base", tmp_path / "c")
+  assert linked == ["mbm_pretrain", "mbm_finetune", "vae_fit", "classifier_fit"]
+  assert {"clip_embed", "align", "video_finetune"}.isdisjoint(linked)
   mbm = ablate.apply_overrides(base, ["mbm_pretrain.num_steps=10"])
-  assert ablate.link_shared_stages(base, mbm, tmp_path / "base", tmp_path / "m") == []
+  assert "mbm_finetune" not in ablate.link_shared_stages(base, mbm, tmp_path / "base", tmp_path / "m")
+  assert ablate.stage_inputs(base, "align") == {"clip_embed", "mbm_finetune"}
+  assert ablate.stage_inputs(base, "evaluate") >= {"cotrain", "classifier_fit"}
 
 
 def test_markdown_table():
