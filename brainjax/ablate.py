@@ -154,13 +154,34 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str,
   return table
 
 
+BASELINES = ("chance", "shuffled", "mean_fmri")  # evaluate's baselines: `<metric>_<baseline>` next to `<metric>`
+_BOOKKEEPING = ("samples", "s_per_sample", "wall_time_s", "steps")
+
+
 def markdown_table(table: dict[str, dict]) -> str:
-  metrics = sorted({k for row in table.values() for k, v in row.items()
-                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
+  """One row per run, one column per metric; a metric's cell also shows its std and baselines when the
+  summary has them ("0.76 ± 0.03 (chance 0.75, shuffled 0.81)"). ablation.json keeps every number."""
+  numeric = {k for row in table.values() for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+  def auxiliary(key: str) -> bool:
+    base = next((key[:-len(suffix)] for suffix in ("_std", *(f"_{b}" for b in BASELINES)) if key.endswith(suffix)),
+                None)
+    return key in _BOOKKEEPING or (base is not None and base in numeric)
+
+  metrics = sorted(k for k in numeric if not auxiliary(k))
+  fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+
+  def cell(row: dict, metric: str) -> str:
+    if metric not in row:
+      return ""
+    text = fmt(row[metric]) + (f" ± {row[metric + '_std']:.2g}" if metric + "_std" in row else "")
+    extras = [f"{b.replace('_', '-')} {fmt(row[f'{metric}_{b}'])}" for b in BASELINES if f"{metric}_{b}" in row]
+    return text + (f" ({', '.join(extras)})" if extras else "")
+
   lines = ["| variant | overrides | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
   for name, row in table.items():
-    cells = [f"{row[m]:.4g}" if isinstance(row.get(m), float) else str(row.get(m, "")) for m in metrics]
-    lines.append(f"| {name} | {', '.join(row['overrides']) or '-'} | " + " | ".join(cells) + " |")
+    lines.append(f"| {name} | {', '.join(row['overrides']) or '-'} | " + " | ".join(cell(row, m) for m in metrics)
+                 + " |")
   return "\n".join(lines) + "\n"
 
 

@@ -50,3 +50,7 @@ def test_markdown_table():
   text = ablate.markdown_table({"base": {"overrides": [], "top1": 0.5}, "w1": {"overrides": ["data.window=1"],
                                                                                "top1": 0.25}})
   assert "| w1 | data.window=1 | 0.25 |" in text
+  text = ablate.markdown_table({"base": {"overrides": [], "image_2way": 0.76, "image_2way_std": 0.029,
+                                        "image_2way_chance": 0.75, "image_2way_shuffled": 0.81, "samples": 24}})
+  assert text.splitlines()[0] == "| variant | overrides | image_2way |"
+  assert "| base | - | 0.76 ± 0.029 (chance 0.75, shuffled 0.81) |" in text
