@@ -194,3 +194,24 @@ def preset_with_overrides(builder_cls, dataset: str, preset: str, field_names: S
   fields.update(overrides)
   digest = hashlib.sha1(json.dumps(dict(overrides), sort_keys=True, default=str).encode()).hexdigest()[:8]
   return (preset if not overrides else f"{preset}_{digest}"), fields, base[preset].description
+
+
+class OptionsConfig(tfds.core.BuilderConfig):
+  """A builder config holding a frozen options dataclass: `SubClass(name=..., **option fields)`.
+
+  Subclasses set OPTIONS (the dataclass) and may override `validate(options)`; list values become tuples
+  (so configs from JSON/command lines hash and compare like the presets).
+  """
+  OPTIONS: type
+
+  def __init__(self, *, name: str, description: str = "", **options):
+    super().__init__(name=name, description=description or name)
+    what = type(self).__name__
+    try:
+      self.options = self.OPTIONS(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+    except TypeError as e:
+      raise ValueError(f"{what} {name!r}: {e}; the options are the fields of {self.OPTIONS.__name__}.") from e
+    self.validate(self.options)
+
+  def validate(self, options) -> None:
+    """Raises ValueError naming the bad option and its fix."""

@@ -84,16 +84,12 @@ class BmdOptions:
   glm_dir: str = GLM_DIR
 
 
-class BmdConfig(tfds.core.BuilderConfig):
+class BmdConfig(common.OptionsConfig):
   """A BMD builder config: `BmdConfig(name=..., **BmdOptions fields)`."""
+  OPTIONS = BmdOptions
 
-  def __init__(self, *, name: str, description: str = "", **options):
-    super().__init__(name=name, description=description or name)
-    try:
-      self.options = BmdOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
-    except TypeError as e:
-      raise ValueError(f"BmdConfig {name!r}: {e}; the options are the fields of BmdOptions.") from e
-    validate_options(self.options, name)
+  def validate(self, options: BmdOptions) -> None:
+    validate_options(options, self.name)
 
 
 def validate_options(o: BmdOptions, name: str) -> None:

@@ -102,16 +102,12 @@ class CinebrainOptions:
     return int(round(self.tr_s * self.fps))
 
 
-class CinebrainConfig(tfds.core.BuilderConfig):
+class CinebrainConfig(common.OptionsConfig):
   """A CineBrain builder config: `CinebrainConfig(name=..., **CinebrainOptions fields)`."""
+  OPTIONS = CinebrainOptions
 
-  def __init__(self, *, name: str, description: str = "", **options):
-    super().__init__(name=name, description=description or name)
-    try:
-      self.options = CinebrainOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
-    except TypeError as e:
-      raise ValueError(f"CinebrainConfig {name!r}: {e}; the options are the fields of CinebrainOptions.") from e
-    validate_options(self.options, name)
+  def validate(self, options: CinebrainOptions) -> None:
+    validate_options(options, self.name)
 
 
 def validate_options(o: CinebrainOptions, name: str) -> None:
