@@ -115,3 +115,22 @@ def tiny_glasser(path, brain_models: ci.BrainModelAxis, rois: Mapping[str, tuple
         raise ValueError(f"{name}: columns {cols} are not all in {structure}")
       values[cols] = key
   return write_dlabel(path, values, table, brain_models)
+
+
+def build(builder_cls, config, manual_dir, data_dir):
+  """Builds `config` of a dataset from the miniature release in manual_dir into data_dir (ArrayRecord)."""
+  import tensorflow_datasets as tfds
+  builder = builder_cls(config=config, data_dir=os.fspath(data_dir), file_format="array_record")
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+  return builder
+
+
+def build_fails(builder_cls, config, manual_dir, data_dir, match: str) -> str:
+  """Asserts that building fails with a ReleaseError matching `match` and leaves no dataset that looks prepared;
+  returns the message."""
+  import pytest
+  from data_builders.common import ReleaseError
+  with pytest.raises(ReleaseError, match=match) as e:
+    build(builder_cls, config, manual_dir, data_dir)
+  assert not builder_cls(config=config, data_dir=os.fspath(data_dir)).is_prepared()
+  return str(e.value)

@@ -7,7 +7,6 @@ import pickle
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from etils import epath
 
 from brainjax.data import video
@@ -66,10 +65,8 @@ def write_release(root, *, grayordinates=G):
 
 
 def build(tmp_path, manual, **overrides):
-  config = bmd.BmdConfig(name="tiny", **options(**overrides))
-  builder = bmd.Builder(config=config, data_dir=os.fspath(tmp_path / "data"), file_format="array_record")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual)))
-  return builder
+  return rf.build(bmd.Builder, bmd.BmdConfig(name="tiny", **options(**overrides)), manual,
+                             tmp_path / "data")
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +114,8 @@ def test_captions_and_frames(built):
 
 
 def _fails(tmp_path, manual, match, **overrides):
-  config = bmd.BmdConfig(name="tiny", **options(**overrides))
-  builder = bmd.Builder(config=config, data_dir=os.fspath(tmp_path / "data"), file_format="array_record")
-  with pytest.raises(ReleaseError, match=match) as e:
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual)))
-  assert not bmd.Builder(config=config, data_dir=os.fspath(tmp_path / "data")).is_prepared()
-  return str(e.value)
+  return rf.build_fails(bmd.Builder, bmd.BmdConfig(name="tiny", **options(**overrides)), manual,
+                                   tmp_path / "data", match)
 
 
 def test_bad_releases_fail_before_writing(tmp_path):

@@ -11,7 +11,6 @@ import shutil
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from brainjax.data import preprocess, video
 from data_builders import cc2017
@@ -96,9 +95,7 @@ def config(**overrides):
 
 
 def build(root, data_dir, cfg):
-  builder = cc2017.Builder(config=cfg, data_dir=str(data_dir), file_format="array_record")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
-  return builder
+  return release_files.build(cc2017.Builder, cfg, root, data_dir)
 
 
 @pytest.fixture(scope="module")

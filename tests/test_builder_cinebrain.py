@@ -9,13 +9,11 @@ import tarfile
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from etils import epath
 
 from brainjax.data import video
 from data_builders import cinebrain
 from data_builders.cinebrain import cinebrain_dataset_builder as cb
-from data_builders.common import ReleaseError
 from tests import release_files as rf
 
 MESH = 16
@@ -85,10 +83,8 @@ def options(**overrides):
 
 
 def build(tmp, manual, name="tiny", **overrides):
-  config = cinebrain.CinebrainConfig(name=name, **options(**overrides))
-  builder = cinebrain.Builder(config=config, data_dir=os.fspath(tmp / "data"), file_format="array_record")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual)))
-  return builder
+  return rf.build(cinebrain.Builder, cinebrain.CinebrainConfig(name=name, **options(**overrides)),
+                             manual, tmp / "data")
 
 
 @pytest.fixture(scope="module")
@@ -163,12 +159,8 @@ def test_full_voxels_without_atlas_and_dropping_the_duplicate(release):
 
 
 def _fails(tmp, manual, match, **overrides):
-  config = cinebrain.CinebrainConfig(name="bad", **options(**overrides))
-  builder = cinebrain.Builder(config=config, data_dir=os.fspath(tmp / "data"), file_format="array_record")
-  with pytest.raises(ReleaseError, match=match) as e:
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual)))
-  assert not cinebrain.Builder(config=config, data_dir=os.fspath(tmp / "data")).is_prepared()
-  return str(e.value)
+  return rf.build_fails(cinebrain.Builder, cinebrain.CinebrainConfig(name="bad", **options(**overrides)),
+                                   manual, tmp / "data", match)
 
 
 def test_bad_releases_fail_clearly(tmp_path):

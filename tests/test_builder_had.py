@@ -8,7 +8,6 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from brainjax.data import video
 from data_builders.common import ReleaseError
@@ -84,9 +83,7 @@ def _config(**overrides):
 
 
 def _build(manual_dir, data_dir, config):
-  builder = had.Builder(config=config, data_dir=str(data_dir), file_format="array_record")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
-  return builder
+  return rf.build(had.Builder, config, manual_dir, data_dir)
 
 
 def _records(builder, split):
