@@ -85,6 +85,30 @@ def test_betas_bit_identical_to_diffusers(beta_schedule, beta_start, beta_end, n
   assert ours.num_train_timesteps == num_train_timesteps
 
 
+@pytest.mark.parametrize("beta_schedule", ["scaled_linear", "linear"])
+def test_zero_terminal_snr_betas_match_diffusers(beta_schedule):
+  kw = dict(beta_start=0.00085, beta_end=0.012, beta_schedule=beta_schedule, prediction_type="v_prediction",
+            rescale_betas_zero_snr=True)
+  ours = NoiseSchedule.create(**kw)
+  ref = DDIMScheduler(**kw)
+  # torch's float32 sqrt is not correctly rounded (numpy's is), so the rescaled alpha-bars agree to a few
+  # ulps, and the betas, 1 - a ratio of neighbouring alpha-bars, to a few 1e-6 absolute.
+  np.testing.assert_allclose(np.asarray(ours.alphas_cumprod), ref.alphas_cumprod.numpy(), rtol=1e-5, atol=1e-12)
+  np.testing.assert_allclose(np.asarray(ours.betas), ref.betas.numpy(), rtol=0, atol=5e-6)
+  assert float(ours.alphas_cumprod[-1]) == 0.0 and float(ours.betas[-1]) == 1.0  # zero SNR at t = T - 1
+  # the first noise level is the unrescaled schedule's
+  plain = NoiseSchedule.create(beta_start=0.00085, beta_end=0.012, beta_schedule=beta_schedule)
+  np.testing.assert_allclose(float(ours.alphas_cumprod[0]), float(plain.alphas_cumprod[0]), rtol=1e-6)
+
+
+def test_zero_terminal_snr_noises_the_last_step_completely():
+  schedule = NoiseSchedule.create(**SD_BETAS, prediction_type="v_prediction", rescale_betas_zero_snr=True)
+  x0, noise = _normal(0, (2, 3, 4, 4, 4)), _normal(1, (2, 3, 4, 4, 4))
+  _close(schedules.add_noise(schedule, x0, noise, 999), noise)
+  # v at T - 1 is -x0: the model must produce the clean latents from noise and the condition alone
+  _close(schedules.velocity(schedule, x0, noise, 999), -x0)
+
+
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
 @pytest.mark.parametrize("steps_offset", [0, 1])
 def test_inference_timesteps_match_set_timesteps(spacing, steps_offset):
@@ -248,18 +272,25 @@ def test_ddim_matches_diffusers_step_by_step(eta, prediction_type, spacing, step
   _ddim_trajectory(schedule, ref, 10, eta)
 
 
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_ddim_zero_terminal_snr_matches_diffusers(eta):
+  kw = dict(prediction_type="v_prediction", timestep_spacing="trailing", rescale_betas_zero_snr=True)
+  _ddim_trajectory(NoiseSchedule.create(**SD_BETAS, **kw), DDIMScheduler(**SD_BETAS, **kw, clip_sample=False), 10,
+                   eta)
+
+
 def test_ddim_clip_sample_matches_diffusers():
   kw = dict(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=True, clip_sample_range=0.5)
   _ddim_trajectory(NoiseSchedule.create(**kw), DDIMScheduler(**kw), 10, 0.0)
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type,zero_snr", [("epsilon", False), ("v_prediction", False),
+                                                     ("v_prediction", True)])
 @pytest.mark.parametrize("num_steps,spacing", [(25, None), (10, "trailing")])
-def test_dpm_solver_matches_diffusers_step_by_step(prediction_type, num_steps, spacing):
-  schedule = NoiseSchedule.create(**SD_BETAS, prediction_type=prediction_type, timestep_spacing=spacing,
-                                  steps_offset=1)
-  ref = DPMSolverMultistepScheduler(**SD_BETAS, prediction_type=prediction_type, steps_offset=1,
-                                    **({} if spacing is None else dict(timestep_spacing=spacing)))
+def test_dpm_solver_matches_diffusers_step_by_step(prediction_type, zero_snr, num_steps, spacing):
+  kw = dict(prediction_type=prediction_type, steps_offset=1, rescale_betas_zero_snr=zero_snr)
+  schedule = NoiseSchedule.create(**SD_BETAS, **kw, timestep_spacing=spacing)
+  ref = DPMSolverMultistepScheduler(**SD_BETAS, **kw, **({} if spacing is None else dict(timestep_spacing=spacing)))
   ref.set_timesteps(num_steps)
   plan = sampling.make_plan(schedule, num_steps, "dpm++2m")
   np.testing.assert_array_equal(np.asarray(plan.timestep), ref.timesteps.numpy())
@@ -446,7 +477,7 @@ def test_schedule_argument_errors():
     NoiseSchedule.create(prediction_type="flow")
   with pytest.raises(ConfigError, match="timestep_spacing = 'even'"):
     NoiseSchedule.create(timestep_spacing="even")
-  with pytest.raises(ConfigError, match="rescale_betas_zero_snr"):
+  with pytest.raises(ConfigError, match="rescale_betas_zero_snr = True with prediction_type = 'epsilon'"):
     NoiseSchedule.create(rescale_betas_zero_snr=True)
   with pytest.raises(ConfigError, match="trained_betas has shape"):
     NoiseSchedule.create(num_train_timesteps=10, trained_betas=[0.1] * 9)
@@ -492,7 +523,7 @@ def test_load_schedule_from_gcs(fake_gcs):
 @pytest.mark.parametrize("change,message", [
     ({"_class_name": "FlowMatchEulerDiscreteScheduler"}, "FlowMatchEulerDiscreteScheduler"),
     ({"_class_name": "LCMScheduler"}, "LCMScheduler"),
-    ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
+    ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr = True with prediction_type = 'epsilon'"),
     ({"thresholding": True}, "thresholding = True"),
     ({"use_karras_sigmas": True}, "use_karras_sigmas = True"),
     ({"final_sigmas_type": "sigma_min"}, "final_sigmas_type = 'sigma_min'"),

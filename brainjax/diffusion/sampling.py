@@ -181,7 +181,9 @@ def make_plan(schedule: NoiseSchedule, num_steps: int, sampler: str = "ddim", st
   if sampler == "ddim":
     prev = ts - schedule.num_train_timesteps // int(num_steps)
     return DDIMStep(jnp.asarray(ts[start:], jnp.int32), jnp.asarray(prev[start:], jnp.int32))
+  # A zero-terminal-SNR schedule ends at alpha-bar 0 (sigma inf); diffusers' DPM-Solver floors it at 2**-24.
   ac = schedule.alphas_cumprod
+  ac = ac.at[-1].set(jnp.maximum(ac[-1], 2.0 ** -24))
   sigmas = jnp.sqrt((1.0 - ac) / ac)[ts]
   sigmas = jnp.concatenate([sigmas, jnp.zeros((1,), jnp.float32)])
   n = len(ts)

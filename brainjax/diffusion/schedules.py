@@ -43,7 +43,10 @@ Schedule options (diffusers' names and meanings):
   set_alpha_to_one    DDIM's last step goes to alpha-bar 1 (True) or to alphas_cumprod[0] (False)
   clip_sample         DDIM clamps its x0 prediction to +-clip_sample_range (diffusers'
                       DPMSolverMultistepScheduler has no such option, so dpm++2m ignores it)
-Not implemented, and rejected with an error: rescale_betas_zero_snr, thresholding, Karras /
+  rescale_betas_zero_snr  rescale the betas to a zero terminal SNR (Lin et al. 2024; needs v- or
+                      x0-prediction); diffusers' DPM-Solver then floors the last alpha-bar at 2**-24,
+                      and so does brainjax's
+Not implemented, and rejected with an error: thresholding, Karras /
 exponential / beta / flow sigmas, learned variances.
 
 load_schedule accepts the DDPM-family schedulers whose configs describe the same
@@ -76,7 +79,7 @@ from brainjax.config import ConfigError
 from brainjax.diffusion import noise as noise_lib
 
 __all__ = [
-    "NoiseSchedule", "load_schedule", "make_betas", "add_noise", "velocity", "training_target", "pred_x0",
+    "NoiseSchedule", "load_schedule", "make_betas", "rescale_zero_terminal_snr", "add_noise", "velocity", "training_target", "pred_x0",
     "pred_eps", "sample_timesteps", "diffusion_loss", "BETA_SCHEDULES", "PREDICTION_TYPES", "TIMESTEP_SPACINGS",
     "SUPPORTED_CLASSES",
 ]
@@ -159,6 +162,24 @@ def make_betas(beta_schedule: str, beta_start: float, beta_end: float, num_train
                     f"(or pass trained_betas).")
 
 
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+  """Betas whose last alpha-bar is exactly 0 (Lin et al. 2024, Algorithm 1; diffusers' function of this name).
+
+  sqrt(alpha-bar) is shifted so its last value is 0 and scaled so its first is
+  unchanged. With SD's schedule the last step otherwise keeps sqrt(alpha-bar)
+  = 0.068 of the signal: training then lets the model read the image's mean
+  (for small latents: the background) off x_T, which pure-noise sampling
+  never supplies, so every sample gets the same mean brightness and colour.
+  float32 throughout, as torch computes it.
+  """
+  sqrt_ab = np.sqrt(_alphas_cumprod(betas))
+  first, last = sqrt_ab[0].copy(), sqrt_ab[-1].copy()
+  sqrt_ab = (sqrt_ab - last) * (first / (first - last))
+  alphas_bar = sqrt_ab ** 2
+  alphas = np.concatenate([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])
+  return (np.float32(1.0) - alphas).astype(np.float32)
+
+
 def _alphas_cumprod(betas: np.ndarray) -> np.ndarray:
   # torch.cumprod of float32 accumulates in double on CPU; this matches it bit for bit.
   return np.cumprod((np.float32(1.0) - betas).astype(np.float64)).astype(np.float32)
@@ -213,11 +234,14 @@ class NoiseSchedule:
     if not isinstance(num_train_timesteps, (int, np.integer)) or isinstance(num_train_timesteps, bool) or (
         num_train_timesteps < 1):
       raise ConfigError(f"num_train_timesteps = {num_train_timesteps!r}: must be a positive integer.")
-    if rescale_betas_zero_snr:
-      raise ConfigError("rescale_betas_zero_snr = True: zero-terminal-SNR schedules are not implemented in "
-                        "brainjax (SD 1.x and Zeroscope use False); set it to False.")
     if prediction_type not in PREDICTION_TYPES:
       raise ConfigError(f"prediction_type = {prediction_type!r}: choose one of {list(PREDICTION_TYPES)}.")
+    if rescale_betas_zero_snr and prediction_type == "epsilon":
+      # At alpha-bar 0 the input is pure noise, so a noise prediction says nothing about x0 (pred_x0
+      # divides by sqrt(alpha-bar) = 0). Lin et al. (2024) pair the rescale with v-prediction.
+      raise ConfigError("rescale_betas_zero_snr = True with prediction_type = 'epsilon': at zero terminal SNR "
+                        "an epsilon model cannot recover x0 at the last timestep; use 'v_prediction' (or "
+                        "'sample'), or set rescale_betas_zero_snr = False.")
     if timestep_spacing is not None and timestep_spacing not in TIMESTEP_SPACINGS:
       raise ConfigError(f"timestep_spacing = {timestep_spacing!r}: choose one of {list(TIMESTEP_SPACINGS)}, or "
                         f"None for the sampler's diffusers default.")
@@ -237,6 +261,8 @@ class NoiseSchedule:
         raise ConfigError(f"beta_start = {beta_start!r}, beta_end = {beta_end!r}: need 0 < beta_start <= "
                           f"beta_end < 1 (SD uses 0.00085 and 0.012).")
       betas = make_betas(beta_schedule, beta_start, beta_end, int(num_train_timesteps))
+    if rescale_betas_zero_snr:
+      betas = rescale_zero_terminal_snr(betas)
     return cls(betas=jnp.asarray(betas), alphas_cumprod=jnp.asarray(_alphas_cumprod(betas)),
                prediction_type=prediction_type, timestep_spacing=timestep_spacing, steps_offset=int(steps_offset),
                set_alpha_to_one=bool(set_alpha_to_one), clip_sample=bool(clip_sample),
