@@ -82,7 +82,7 @@ def demo() -> ml_collections.ConfigDict:
   # spatially masked, temporally interpolated) and the pseudo-3-D convolutions double the UNet's step.
   config.align.num_steps = 120
   config.video_finetune.num_steps = 600
-  config.cotrain.num_steps = 250
+  config.cotrain.num_steps = 200
   config.ablations = ml_collections.ConfigDict({
       "no_augmentation": ["align.spatial_mask_ratio=0.0", "align.temporal_interp_ratio=0.0",
                           "align.mu_spa=0.0", "align.mu_tem=0.0"],

@@ -139,6 +139,11 @@ def test_video_stage_config_errors(tmp_path):
     config.vae_fit.resolution = -16
   with pytest.raises(ConfigError, match="config.vae_fit.resolution = -16"):
     runner.validate(config)
+  config = tiny_video_config(str(tmp_path / "data"))
+  with config.unlocked():
+    config.cotrain.schedule.beta_end = 0.02  # not the betas video_finetune trained the UNet with
+  with pytest.raises(ConfigError, match=r"config.cotrain.schedule differs .* \['beta_end'\]"):
+    runner.validate(config)
 
 
 def test_frames_are_resized_once_the_same_way_for_every_stage():

@@ -64,6 +64,13 @@ def validate(config: ml_collections.ConfigDict, name: str) -> None:
   stage = config.cotrain
   video_finetune.validate_video_training(config, "cotrain")
   cfg.require_in_range(config, "cotrain.sparsify_rate", 0.0, 0.99)
+  if stage.unet_from.startswith("stage:video_finetune") and "video_finetune" in config:
+    trained, here = config.video_finetune.schedule.to_dict(), stage.schedule.to_dict()
+    if trained != here:
+      changed = sorted(k for k in set(trained) | set(here) if trained.get(k) != here.get(k))
+      raise cfg.ConfigError(f"config.cotrain.schedule differs from config.video_finetune.schedule in {changed}: "
+                            "co-training continues the UNet video_finetune trained, under the same noise schedule "
+                            "and parametrisation; set both to the same values.")
   for field in ("encoder_from", "unet_from", "vae_path"):
     path = vae_path(config) if field == "vae_path" else stage[field]
     if not path:

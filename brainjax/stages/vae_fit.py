@@ -7,7 +7,7 @@ the synthetic world, so this stage trains one and saves it in the diffusers
 
 Loss: mean squared error of the reconstruction from a posterior sample, plus
 `kl_weight` x the KL divergence to N(0, I) (SD's first stage also used a
-perceptual and an adversarial loss; at 64 px on simple synthetic scenes plain
+perceptual and an adversarial loss; at 32 px on simple synthetic scenes plain
 MSE is enough and keeps the stage short). After training, the latent scaling
 factor is set as SD's was chosen: 1 / (std of the latents of training frames),
 so the diffusion model sees unit-variance latents.
@@ -39,7 +39,8 @@ fingerprint = common.dataset_fingerprint
 
 def stage_config(**overrides) -> ml_collections.ConfigDict:
   stage = ml_collections.ConfigDict(dict(
-      # Small on purpose: XLA's CPU convolutions make a 64 px VAE step costly; 16 x 16 x 4 latents.
+      # Small on purpose: XLA's CPU convolutions make a VAE step costly; 3 levels = 4x downsampling
+      # (8 x 8 x 4 latents of the demo's 32 px frames).
       model=dict(block_out_channels=(16, 32, 64), layers_per_block=1, latent_channels=4, norm_num_groups=8),
       kl_weight=1e-6,
       resolution=0,  # frames resized to this square size first (0: their own); video stages use the same
