@@ -25,7 +25,8 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from brainjax import runner
+from brainjax import runner, stages
+from brainjax.stages import evaluate
 
 
 
@@ -102,8 +103,8 @@ def stage_inputs(config: ml_collections.ConfigDict, name: str) -> set[str]:
   found = set(IMPLICIT_INPUTS.get(name, ()))
 
   def walk(value) -> None:
-    if isinstance(value, str) and value.startswith("stage:"):
-      found.add(value[len("stage:"):].split("/")[0])
+    if isinstance(value, str) and stages.stage_source(value):
+      found.add(stages.stage_source(value)[0])
     elif isinstance(value, dict):
       for v in value.values():
         walk(v)
@@ -154,7 +155,7 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str,
   return table
 
 
-BASELINES = ("chance", "shuffled", "mean_fmri")  # evaluate's baselines: `<metric>_<baseline>` next to `<metric>`
+BASELINES = ("chance", *evaluate.BASELINES)  # evaluate's baselines: `<metric>_<baseline>` next to `<metric>`
 _BOOKKEEPING = ("samples", "s_per_sample", "wall_time_s", "steps")
 
 

@@ -79,8 +79,8 @@ from brainjax.config import ConfigError
 from brainjax.diffusion import noise as noise_lib
 
 __all__ = [
-    "NoiseSchedule", "load_schedule", "make_betas", "rescale_zero_terminal_snr", "add_noise", "velocity", "training_target", "pred_x0",
-    "pred_eps", "sample_timesteps", "diffusion_loss", "BETA_SCHEDULES", "PREDICTION_TYPES", "TIMESTEP_SPACINGS",
+    "NoiseSchedule", "load_schedule", "make_betas", "rescale_zero_terminal_snr", "add_noise", "velocity",
+    "training_target", "pred_x0", "pred_eps", "sample_timesteps", "diffusion_loss", "BETA_SCHEDULES", "PREDICTION_TYPES", "TIMESTEP_SPACINGS",
     "SUPPORTED_CLASSES",
 ]
 
@@ -173,7 +173,7 @@ def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
   float32 throughout, as torch computes it.
   """
   sqrt_ab = np.sqrt(_alphas_cumprod(betas))
-  first, last = sqrt_ab[0].copy(), sqrt_ab[-1].copy()
+  first, last = sqrt_ab[0], sqrt_ab[-1]
   sqrt_ab = (sqrt_ab - last) * (first / (first - last))
   alphas_bar = sqrt_ab ** 2
   alphas = np.concatenate([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])

@@ -61,11 +61,19 @@ class StageContext:
     return path
 
 
+def stage_source(path: str) -> tuple[str, str] | None:
+  """(stage, sub-path) of a 'stage:<stage>[/<sub>]' path (sub '' when absent); None for any other path."""
+  if not path.startswith("stage:"):
+    return None
+  stage, _, sub = path[len("stage:"):].partition("/")
+  return stage, sub
+
+
 def resolve_path(ctx: "StageContext", path: str) -> epath.Path:
   """'stage:<name>/<sub>' is <workdir>/<name>/<sub> of a finished stage; anything else is a path."""
-  if path.startswith("stage:"):
-    stage, _, sub = path[len("stage:"):].partition("/")
-    return ctx.output_of(stage) / sub
+  source = stage_source(path)
+  if source:
+    return ctx.output_of(source[0]) / source[1]
   return epath.Path(path).expanduser()
 
 

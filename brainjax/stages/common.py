@@ -45,7 +45,7 @@ from etils import epath
 
 from brainjax import config as cfg
 from brainjax.models import params as params_lib
-from brainjax.stages import StageContext
+from brainjax.stages import REGISTRY, StageContext, stage_source
 from brainjax.train import sharding as shd
 from brainjax.train.checkpoint import Checkpointer
 from brainjax.train.loop import StopSignal, restore_or_init, run_train_loop
@@ -263,10 +263,9 @@ def validate_stage_path(config: ml_collections.ConfigDict, stage: str, field: st
   says so clearly at run time if it has not. A source listed AFTER `stage` is still an error, and
   the name must be a known stage.
   """
-  if path.startswith("stage:"):
-    source = path[len("stage:"):].split("/")[0]
+  if stage_source(path):
+    source = stage_source(path)[0]
     if allow_finished and source not in config.stages:
-      from brainjax.stages import REGISTRY
       if source not in REGISTRY:
         raise cfg.ConfigError(f"config.{stage}.{field} = {path!r} names stage {source!r}, which does not exist; "
                               f"known stages are {sorted(REGISTRY)}.")
@@ -279,8 +278,8 @@ def validate_stage_path(config: ml_collections.ConfigDict, stage: str, field: st
 def validate_init_from(config: ml_collections.ConfigDict, stage: str) -> None:
   """`config.<stage>.init_from = 'stage:<earlier>'` must name a stage that runs earlier."""
   init_from = config[stage].get("init_from", "")
-  if init_from and init_from.startswith("stage:"):
-    source = init_from[len("stage:"):].split("/")[0]
+  if init_from and stage_source(init_from):
+    source = stage_source(init_from)[0]
     if source not in config.stages or config.stages.index(source) > config.stages.index(stage):
       raise cfg.ConfigError(f"config.{stage}.init_from = {init_from!r} needs stage {source!r} before {stage!r} "
                             "in config.stages.")

@@ -32,7 +32,7 @@ from brainjax import config as cfg
 from brainjax.data import pipeline
 from brainjax.models import vae
 from brainjax.models import video_unet as vu
-from brainjax.stages import StageContext, align, common, resolve_path, video_finetune
+from brainjax.stages import StageContext, align, common, resolve_path, stage_source, video_finetune
 from brainjax.train.optim import optim_config
 
 CONFIG_KEYS = ("seed", "data")
@@ -64,7 +64,7 @@ def validate(config: ml_collections.ConfigDict, name: str) -> None:
   stage = config.cotrain
   video_finetune.validate_video_training(config, "cotrain")
   cfg.require_in_range(config, "cotrain.sparsify_rate", 0.0, 0.99)
-  if stage.unet_from.startswith("stage:video_finetune") and "video_finetune" in config:
+  if (stage_source(stage.unet_from) or ("",))[0] == "video_finetune" and "video_finetune" in config:
     trained, here = config.video_finetune.schedule.to_dict(), stage.schedule.to_dict()
     if trained != here:
       changed = sorted(k for k in set(trained) | set(here) if trained.get(k) != here.get(k))
