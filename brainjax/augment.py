@@ -1,6 +1,6 @@
-"""fMRI augmentations for contrastive training (MinD-Video, NeuralFlix).
+"""Augmentations applied inside the jitted step, each a pure function of an rng and an array.
 
-Each is a pure function of an rng and an array, applied inside the jitted step.
+fMRI, for contrastive training (MinD-Video, NeuralFlix):
 
   sparsify              MinD-Video: zero a random `rate` of the voxels of each
                         sample (the same voxels in every volume of its window).
@@ -14,6 +14,11 @@ Each is a pure function of an rng and an array, applied inside the jitted step.
                         window of n by  Σ_{j≠i} (1 − |i−j|/n) v_j  (weights as
                         printed, not renormalised); each volume is selected
                         with probability γ_tem, independently per sample.
+
+Images, for the demo's stand-in classifiers:
+  random_blur           a Gaussian blur of random width per sample, so that a
+                        classifier trained on sharp renders still names the
+                        object in a decoded (softer) frame.
 """
 
 from __future__ import annotations
@@ -58,6 +63,35 @@ def temporal_interpolate(rng: jax.Array, x: jax.Array, ratio: float) -> jax.Arra
   interpolated = jnp.einsum("ij,bj...->bi...", weights, x)
   selected = jax.random.bernoulli(rng, ratio, (b, w)).reshape((b, w) + (1,) * (x.ndim - 2))
   return jnp.where(selected, interpolated, x)
+
+
+def blur_matrix(size: int, sigma: jax.Array) -> jax.Array:
+  """[..., size, size] row-stochastic Gaussian blur along one axis, one per entry of `sigma` [...] (pixels).
+
+  Weights exp(−d²/2σ²) over the pixels inside the frame, renormalised per row, so a blurred frame keeps
+  its brightness at the borders; σ → 0 gives the identity.
+  """
+  d = jnp.arange(size, dtype=jnp.float32)
+  d2 = (d[:, None] - d[None, :]) ** 2
+  sigma = jnp.maximum(jnp.asarray(sigma, jnp.float32), 1e-3)[..., None, None]
+  logits = -d2 / (2.0 * sigma**2)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def random_blur(rng: jax.Array, images: jax.Array, max_sigma: float) -> jax.Array:
+  """images [B, ..., H, W, C] float, each sample blurred by a Gaussian of σ ~ U(0, max_sigma) pixels.
+
+  One σ per sample: every frame of a clip [B, T, H, W, C] gets the same blur, as a decoder blurs a clip.
+  """
+  if max_sigma <= 0:
+    return images
+  b, (h, w) = images.shape[0], images.shape[-3:-1]
+  sigma = jax.random.uniform(rng, (b,), maxval=max_sigma)
+  rows, cols = blur_matrix(h, sigma), blur_matrix(w, sigma)
+  flat = images.reshape(b, -1, h, w, images.shape[-1])
+  out = jnp.einsum("bih,bnhwc->bniwc", rows, flat)
+  out = jnp.einsum("bjw,bniwc->bnijc", cols, out)
+  return out.reshape(images.shape).astype(images.dtype)
 
 
 def _keep_mask(rng: jax.Array, batch: int, size: int, num_drop: int) -> jax.Array:

@@ -189,6 +189,7 @@ def test_clip_length_follows_the_video_stages_unless_set(tmp_path):
     ("num_frames", 8, "config.classifier_fit.num_frames: clips of 8 frames are longer than the 6 frames"),
     ("num_frames", 3, "config.classifier_fit.video.tubelet_size = 2 does not divide the clip length 3"),
     ("train_clips", 0, "config.classifier_fit.train_clips = 0"),
+    ("blur_max_sigma", -0.1, "config.classifier_fit.blur_max_sigma = -0.1: must be a number in"),
     ("video.num_hidden_layers", 0, "config.classifier_fit.video.num_hidden_layers = 0"),
     ("batch_size", 12, "config.classifier_fit.batch_size = 12 must be a multiple of the 8 devices"),
 ])

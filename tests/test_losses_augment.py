@@ -87,3 +87,22 @@ def test_temporal_interpolation_is_eq1():
         changed += 1
   assert 0.2 < changed / (64 * n) < 0.47  # about γ_tem = 1/3 of the volumes
   assert augment.interpolation_weights(2).tolist() == [[0.0, 0.5], [0.5, 0.0]]
+
+
+def test_random_blur_is_a_gaussian_blur_per_sample_that_keeps_flat_images_flat():
+  scipy_ndimage = pytest.importorskip("scipy.ndimage")
+  rng = np.random.default_rng(3)
+  clips = rng.uniform(0, 1, (3, 2, 24, 24, 3)).astype(np.float32)
+  key = jax.random.PRNGKey(4)
+  sigma = np.asarray(jax.random.uniform(key, (3,), maxval=2.0))  # what random_blur draws with this key
+  out = np.asarray(augment.random_blur(key, jnp.asarray(clips), 2.0))
+  for b in range(3):
+    for t in range(2):  # every frame of a clip gets its clip's blur
+      ref = scipy_ndimage.gaussian_filter(clips[b, t].astype(np.float64), (sigma[b], sigma[b], 0), truncate=8.0)
+      # Away from the borders (where brainjax renormalises instead of reflecting) it is scipy's blur.
+      np.testing.assert_allclose(out[b, t, 8:-8, 8:-8], ref[8:-8, 8:-8], atol=2e-5)
+  flat = jnp.full((2, 16, 16, 3), 0.3)
+  np.testing.assert_allclose(augment.random_blur(key, flat, 3.0), 0.3, atol=1e-6)
+  np.testing.assert_array_equal(augment.random_blur(key, jnp.asarray(clips), 0.0), clips)
+  identity = np.asarray(augment.blur_matrix(9, jnp.asarray(0.0)))
+  np.testing.assert_allclose(identity, np.eye(9), atol=1e-6)

@@ -26,6 +26,14 @@ generalises: test accuracy 0.86 / 0.91 after 1000 steps on 3000 / 6000 clips,
 0.94-0.96 after 1500 steps on 6000 (the defaults; rendering them takes ~6 s).
 The held-out measure is the dataset's own test split (see below).
 
+Blur (`blur_max_sigma`). Frames decoded by a VAE are softer than the renders.
+Trained on sharp renders only, the ViT read blur itself as a class: it named
+the object in only 0.35 of the demo VAE's reconstructions of the TRUE test
+latents (96 test frames, 450-step VAE). Trained with a random Gaussian blur per
+example (sigma up to 0.05 frame widths), it names it in 0.85 of them, and its
+test accuracy on the sharp frames rose from about 0.95 to 0.98. The metric then
+asks whether the right object was drawn, not whether it was drawn sharply.
+
 Both classifiers are trained jointly (one params tree {"image", "video"}, the
 sum of the two cross-entropies). An example is one frame (image classifier) and
 the clip it belongs to (video classifier). Inputs are resized once, up front,
@@ -67,6 +75,7 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
+from brainjax import augment
 from brainjax import config as cfg
 from brainjax.data import pipeline, synthetic
 from brainjax.models import videomae, vit
@@ -95,6 +104,10 @@ def stage_config(**overrides) -> ml_collections.ConfigDict:
                  num_hidden_layers=2, num_attention_heads=4),
       train_clips=6000,
       patch_pca_init=True,
+      # Gaussian blur of sigma ~ U(0, blur_max_sigma) frame widths on each training example (image and
+      # clip). The renders are sharp and generated frames are not: trained on sharp frames only, the ViT
+      # names a blurred object by its blur (see the module docstring); 0 turns it off.
+      blur_max_sigma=0.05,
       optim=optim_config(lr=3e-3, weight_decay=0.05, warmup_steps=50, grad_clip_norm=1.0),
       batch_size=64, video_batch_size=12, num_steps=1500, log_every_steps=100, checkpoint_every_steps=500,
       keep_checkpoints=2,
@@ -146,6 +159,7 @@ def validate(config: ml_collections.ConfigDict, name: str) -> None:
   stage = config.classifier_fit
   cfg.require_positive_int(config, "classifier_fit.num_frames", allow_zero=True)
   cfg.require_positive_int(config, "classifier_fit.train_clips")
+  cfg.require_in_range(config, "classifier_fit.blur_max_sigma", 0.0, 0.25)
   cfg.require_positive_int(config, "classifier_fit.video_batch_size")
   if stage.video_batch_size > stage.batch_size:
     raise cfg.ConfigError(f"config.classifier_fit.video_batch_size = {stage.video_batch_size} must be at most "
@@ -337,9 +351,11 @@ def run(ctx: StageContext) -> dict:
     initial_params = lambda params: _with_pca_patch_embedding(params, images, image_model.config)  # noqa: E731
 
   def loss_fn(params, model_state, batch, rng):
-    del rng
+    image_rng, video_rng = jax.random.split(rng)
     images = vit.crop_normalize(batch["image"], None, IMAGE_MEAN, IMAGE_STD)
     videos = vit.crop_normalize(batch["video"][:stage.video_batch_size], None, VIDEO_MEAN, VIDEO_STD)
+    images = augment.random_blur(image_rng, images, stage.blur_max_sigma * image_size)
+    videos = augment.random_blur(video_rng, videos, stage.blur_max_sigma * video_size)
     image_loss, image_acc = _cross_entropy(image_model.apply({"params": params["image"]}, images).logits,
                                            batch["category"])
     video_loss, video_acc = _cross_entropy(video_model.apply({"params": params["video"]}, videos).logits,
