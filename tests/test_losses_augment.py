@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
+from scipy import ndimage
 
 from brainjax import augment, losses
 from brainjax.train import sharding as shd
@@ -90,7 +91,6 @@ def test_temporal_interpolation_is_eq1():
 
 
 def test_random_blur_is_a_gaussian_blur_per_sample_that_keeps_flat_images_flat():
-  scipy_ndimage = pytest.importorskip("scipy.ndimage")
   rng = np.random.default_rng(3)
   clips = rng.uniform(0, 1, (3, 2, 24, 24, 3)).astype(np.float32)
   key = jax.random.PRNGKey(4)
@@ -98,7 +98,7 @@ def test_random_blur_is_a_gaussian_blur_per_sample_that_keeps_flat_images_flat()
   out = np.asarray(augment.random_blur(key, jnp.asarray(clips), 2.0))
   for b in range(3):
     for t in range(2):  # every frame of a clip gets its clip's blur
-      ref = scipy_ndimage.gaussian_filter(clips[b, t].astype(np.float64), (sigma[b], sigma[b], 0), truncate=8.0)
+      ref = ndimage.gaussian_filter(clips[b, t].astype(np.float64), (sigma[b], sigma[b], 0), truncate=8.0)
       # Away from the borders (where brainjax renormalises instead of reflecting) it is scipy's blur.
       np.testing.assert_allclose(out[b, t, 8:-8, 8:-8], ref[8:-8, 8:-8], atol=2e-5)
   flat = jnp.full((2, 16, 16, 3), 0.3)
