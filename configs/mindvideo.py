@@ -15,6 +15,7 @@ Stages:
   align         the windowed spatio-temporal encoder (from MBM) contrasted with
                 CLIP text and image embeddings
   vae_fit       (demo only) a small VAE trained on the synthetic frames
+  unet_fit      (demo only) a small text-to-image UNet trained on single frames: SD's part
   video_finetune  SD's UNet inflated to video (sparse-causal attention over frames i-2, i-1,
                 temporal attention), fine-tuned text-to-video on the target clips; writes
                 sample GIFs generated from test captions
@@ -65,8 +66,8 @@ from brainjax import config as cfg
 from brainjax.data.pipeline import data_config
 from brainjax.models.mbm import model_config
 from brainjax.models import video_unet
-from brainjax.stages import (align, classifier_fit, clip_embed, clip_fit, cotrain, evaluate, mbm_pretrain, vae_fit,
-                             video_finetune)
+from brainjax.stages import (align, classifier_fit, clip_embed, clip_fit, cotrain, evaluate, mbm_pretrain, unet_fit,
+                             vae_fit, video_finetune)
 from brainjax.train.optim import optim_config
 
 
@@ -121,8 +122,8 @@ def paper() -> ml_collections.ConfigDict:
 
 def demo() -> ml_collections.ConfigDict:
   config = cfg.base_config()
-  config.stages = ("mbm_pretrain", "mbm_finetune", "clip_fit", "clip_embed", "align", "vae_fit", "video_finetune",
-                   "cotrain", "classifier_fit", "evaluate")
+  config.stages = ("mbm_pretrain", "mbm_finetune", "clip_fit", "clip_embed", "align", "vae_fit", "unet_fit",
+                   "video_finetune", "cotrain", "classifier_fit", "evaluate")
   # 32 x 32 frames with larger objects: every stage is ~4x cheaper than at 64 px and shapes stay legible.
   config.data = data_config(builder_config="demo32", subjects=[0], window=2, hrf_shift_trs=2, voxel_padding="wrap")
   encoder = dict(embed_dim=128, depth=4, num_heads=4, mlp_ratio=1.0)
@@ -149,19 +150,25 @@ def demo() -> ml_collections.ConfigDict:
   # got the same grey-blue background. With the rescale, text-to-video samples draw the captioned scene.
   schedule = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                   prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing")
-  # No pretrained SD for the synthetic world: a small UNet trained from scratch (all params), conditioned
-  # on the demo CLIP's caption hidden states (64 wide), on 8 x 8 x 4 latents of 6-frame clips. Attention
-  # (cross, sparse-causal, temporal) at 4 x 4 only: at 8 x 8 it would cost 1.7x the step on a CPU.
-  # Min-SNR-5 weighting and a high learning rate because there is no pretrained prior to protect.
-  config.video_finetune = video_finetune.stage_config(
-      vae_path="stage:vae_fit/vae", eval_vision_path="stage:clip_fit/vision", num_frames=6,
+  # No pretrained SD for the synthetic world: unet_fit trains a small text-to-image UNet on single frames
+  # (SD's part), conditioned on the demo CLIP's caption hidden states (64 wide), on 8 x 8 x 4 latents.
+  # Cross-attention at 4 x 4 only: at 8 x 8 it would cost 1.7x the step on a CPU. Min-SNR-5 weighting
+  # and a high learning rate because there is no pretrained prior to protect.
+  config.unet_fit = unet_fit.stage_config(
       unet=dict(block_out_channels=(64, 128), layers_per_block=1, attention_head_dim=4,
                 cross_attention_dim=64, norm_num_groups=16,
                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")),
       schedule=schedule, snr_gamma=5.0,
       optim=optim_config(lr=1e-3, weight_decay=0.0, warmup_steps=50, grad_clip_norm=1.0),
-      batch_size=8, num_steps=1000, log_every_steps=50, checkpoint_every_steps=250,
+      batch_size=48, num_steps=1000, log_every_steps=100, checkpoint_every_steps=250)
+  # video_finetune inflates it as it inflates SD 1.5's unet/ (sparse-causal attention, temporal attention
+  # with a zero output projection) and trains every parameter on 6-frame clips.
+  config.video_finetune = video_finetune.stage_config(
+      unet_path="stage:unet_fit/unet", vae_path="stage:vae_fit/vae", eval_vision_path="stage:clip_fit/vision",
+      num_frames=6, schedule=schedule, snr_gamma=5.0,
+      optim=optim_config(lr=3e-4, weight_decay=0.0, warmup_steps=20, grad_clip_norm=1.0),
+      batch_size=8, num_steps=300, log_every_steps=50, checkpoint_every_steps=150,
       sample=dict(count=8, sampler="ddim", num_steps=50, guidance_scale=5.0, eta=0.0, seed=0))
   config.cotrain = cotrain.stage_config(
       num_frames=6, batch_size=8, num_steps=200, log_every_steps=50, checkpoint_every_steps=100,

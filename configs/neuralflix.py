@@ -67,7 +67,7 @@ def _neuralflix(config: ml_collections.ConfigDict, beta: float) -> ml_collection
 
 def paper() -> ml_collections.ConfigDict:
   config = _neuralflix(mindvideo.paper(), PAPER_BETA)
-  # SD 1.5's 2-D layers stay frozen; the demo's UNet is trained from scratch, so it trains everything.
+  # SD 1.5's 2-D layers stay frozen; the demo's small stand-in (unet_fit) has everything trained.
   config.video_finetune.optim.trainable = [video_unet.trainable_pattern("neuralflix")]
   config.video_finetune.update(num_steps=1000, batch_size=14)
   config.video_finetune.optim.lr = 2e-5
@@ -81,7 +81,7 @@ def demo() -> ml_collections.ConfigDict:
   # The same CPU budget as MinD-Video's demo: alignment runs three encoder passes per step (plain,
   # spatially masked, temporally interpolated) and the pseudo-3-D convolutions double the UNet's step.
   config.align.num_steps = 120
-  config.video_finetune.num_steps = 600
+  config.video_finetune.num_steps = 150
   config.cotrain.num_steps = 200
   config.ablations = ml_collections.ConfigDict({
       "no_augmentation": ["align.spatial_mask_ratio=0.0", "align.temporal_interp_ratio=0.0",

@@ -30,16 +30,17 @@ def test_stages_are_shared_when_their_settings_and_inputs_are(tmp_path):
     (tmp_path / "base" / name).mkdir(parents=True)
     (tmp_path / "base" / name / "DONE.json").write_text("{}")
   window = ablate.apply_overrides(base, ["data.window=1"])
-  # MBM reads single volumes whatever data.window is, the CLIP stages, the VAE, the text-to-video UNet
+  # MBM reads single volumes whatever data.window is, the CLIP stages, the VAE, the text-to-image and -video UNets
   # and the stand-in classifiers read only stimuli; align, cotrain (its encoder) and evaluate run again.
   assert ablate.link_shared_stages(base, window, tmp_path / "base", tmp_path / "w1") == [
-      "mbm_pretrain", "mbm_finetune", "clip_fit", "clip_embed", "vae_fit", "video_finetune", "classifier_fit"]
+      "mbm_pretrain", "mbm_finetune", "clip_fit", "clip_embed", "vae_fit", "unet_fit", "video_finetune",
+      "classifier_fit"]
   assert os.path.islink(tmp_path / "w1" / "video_finetune") and not (tmp_path / "w1" / "align").exists()
   # a stage whose own settings are unchanged still runs again when an input does
   clip = ablate.apply_overrides(base, ["clip_fit.num_steps=10"])
   linked = ablate.link_shared_stages(base, clip, tmp_path / "base", tmp_path / "c")
   assert linked == ["mbm_pretrain", "mbm_finetune", "vae_fit", "classifier_fit"]
-  assert {"clip_embed", "align", "video_finetune"}.isdisjoint(linked)
+  assert {"clip_embed", "align", "unet_fit", "video_finetune"}.isdisjoint(linked)
   mbm = ablate.apply_overrides(base, ["mbm_pretrain.num_steps=10"])
   assert "mbm_finetune" not in ablate.link_shared_stages(base, mbm, tmp_path / "base", tmp_path / "m")
   assert ablate.stage_inputs(base, "align") == {"clip_embed", "mbm_finetune"}

@@ -1,5 +1,6 @@
-"""The demo's video stages on a tiny slice: vae_fit and video_finetune end to end, their outputs
-(diffusers-layout VAE, MindVideo-layout UNet, sample GIFs), resumption and config errors."""
+"""The demo's video stages on a tiny slice: vae_fit, unet_fit and video_finetune end to end, their outputs
+(diffusers-layout VAE and UNet, MindVideo-layout video UNet, sample images and GIFs), resumption and config
+errors."""
 
 import json
 
@@ -19,15 +20,19 @@ pytestmark = pytest.mark.slow
 def tiny_video_config(data_dir: str, steps: int = 6):
   config = helpers.tiny_mindvideo_config(data_dir, steps=steps)
   with config.unlocked():
-    config.stages = ("clip_fit", "clip_embed", "align", "vae_fit", "video_finetune", "cotrain")
+    config.stages = ("clip_fit", "clip_embed", "align", "vae_fit", "unet_fit", "video_finetune", "cotrain")
     config.align.init_from = ""
     config.vae_fit.model.update(block_out_channels=(16, 16, 16), norm_num_groups=8)
     config.vae_fit.update(batch_size=8, num_steps=steps, checkpoint_every_steps=steps, log_every_steps=2)
     config.vae_fit.optim.warmup_steps = 1
-    stage = config.video_finetune
-    stage.unet.update(block_out_channels=(16, 32), attention_head_dim=2, cross_attention_dim=16, norm_num_groups=8,
+    image = config.unet_fit
+    image.unet.update(block_out_channels=(16, 32), attention_head_dim=2, cross_attention_dim=16, norm_num_groups=8,
                       down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                       up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    image.update(batch_size=8, num_steps=steps, checkpoint_every_steps=steps, log_every_steps=2)
+    image.optim.warmup_steps = 1
+    image.sample.update(count=3, num_steps=4)
+    stage = config.video_finetune
     stage.num_frames = 4
     stage.update(batch_size=8, num_steps=steps, checkpoint_every_steps=steps, log_every_steps=2)
     stage.optim.warmup_steps = 1
@@ -70,6 +75,48 @@ def test_vae_fit_writes_a_diffusers_vae_with_a_fitted_scaling_factor(finished):
   assert (workdir / "vae_fit" / "reconstructions.png").exists()
 
 
+def test_unet_fit_writes_a_diffusers_unet_that_video_finetune_inflates(finished):
+  import torch
+  from diffusers import UNet2DConditionModel
+
+  from brainjax.models import unet
+  config, workdir, summaries = finished
+  summary = summaries["unet_fit"]
+  assert (summary["steps"], summary["latent_shape"], summary["samples"]) == (config.unet_fit.num_steps, [8, 8, 4], 3)
+  module, params = unet.load_unet(workdir / "unet_fit" / "unet")
+  assert module.config.block_out_channels == (16, 32) and module.config.cross_attention_dim == 16
+  # the stage's output is a real diffusers checkpoint: same prediction from PyTorch
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
+  cond = rng.standard_normal((2, 8, 16)).astype(np.float32)
+  t = np.array([10, 900])
+  ours = np.asarray(module.apply({"params": params}, x, t, cond))
+  torch_unet = UNet2DConditionModel.from_pretrained(str(workdir / "unet_fit" / "unet")).eval()
+  with torch.no_grad():
+    theirs = torch_unet(torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(t),
+                        encoder_hidden_states=torch.from_numpy(cond)).sample.permute(0, 2, 3, 1).numpy()
+  np.testing.assert_allclose(ours, theirs, atol=1e-4 * np.abs(theirs).max())
+  # samples.png: a row of real frames over a row of generated ones, 32 px + 2 px gaps, x2
+  sheet = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(workdir / "unet_fit" / "samples.png"))
+  assert sheet.shape == (2 * (2 * 32 + 2), 2 * (3 * 32 + 2 * 2), 3)
+  # video_finetune started from it: the same 2-D architecture, with the temporal layers added
+  video, _ = vu.load_video_unet(workdir / "video_finetune" / "unet")
+  assert video.config == module.config
+
+
+def test_frame_source_enumerates_every_frame_of_every_record():
+  from brainjax.stages import unet_fit
+  mean = np.arange(3 * 4, dtype=np.float32).reshape(3, 4, 1, 1, 1)
+  cond = np.arange(3, dtype=np.float32)[:, None, None] * 10
+  source = unet_fit._FrameSource(mean, mean + 100, cond)
+  assert len(source) == 12
+  for i in range(12):
+    record, frame = divmod(i, 4)
+    example = source[i]
+    assert example["mean"].item() == mean[record, frame].item() and example["std"].item() == 100 + i
+    assert example["cond"].item() == 10 * record
+
+
 def test_video_finetune_saves_the_unet_and_sample_gifs(finished):
   config, workdir, summaries = finished
   stage = config.video_finetune
@@ -106,8 +153,34 @@ def test_cotrain_conditions_the_unet_on_fmri_and_saves_both(finished):
 def test_video_stage_config_errors(tmp_path):
   config = tiny_video_config(str(tmp_path / "data"))
   with config.unlocked():
-    config.video_finetune.unet = {}
+    config.video_finetune.unet_path = ""
   with pytest.raises(ConfigError, match="give unet_path"):
+    runner.validate(config)
+  config = tiny_video_config(str(tmp_path / "data"))
+  with config.unlocked():
+    config.stages = ("clip_fit", "clip_embed", "align", "vae_fit", "video_finetune", "unet_fit", "cotrain")
+  with pytest.raises(ConfigError, match="needs stage 'unet_fit' to run before"):
+    runner.validate(config)
+  config = tiny_video_config(str(tmp_path / "data"))
+  with config.unlocked():
+    config.unet_fit.unet.norm_num_groups = 5  # does not divide the 16 / 32 channels
+  with pytest.raises(ConfigError, match="config.unet_fit.unet"):
+    runner.validate(config)
+  config = tiny_video_config(str(tmp_path / "data"))
+  with config.unlocked():
+    config.unet_fit.uncond_prob = -0.1
+  with pytest.raises(ConfigError, match="unet_fit.uncond_prob"):
+    runner.validate(config)
+  config = tiny_video_config(str(tmp_path / "data"))
+  with config.unlocked():
+    config.unet_fit.schedule.prediction_type = "x0"
+  with pytest.raises(ConfigError, match="config.unet_fit.schedule"):
+    runner.validate(config)
+  config = tiny_video_config(str(tmp_path / "data"))
+  with config.unlocked():
+    config.stages = ("unet_fit",)
+    config.data.update(name="cc2017", builder_config="mindvideo")
+  with pytest.raises(ConfigError, match="unet_fit trains a stand-in"):
     runner.validate(config)
   config = tiny_video_config(str(tmp_path / "data"))
   with config.unlocked():
@@ -121,7 +194,8 @@ def test_video_stage_config_errors(tmp_path):
     runner.validate(config)
   config = tiny_video_config(str(tmp_path / "data"))
   with config.unlocked():
-    config.video_finetune.unet.norm_num_groups = 5  # does not divide the 16 / 32 channels
+    config.video_finetune.unet_path = ""
+    config.video_finetune.unet = dict(config.unet_fit.unet.to_dict(), norm_num_groups=5)
   with pytest.raises(ConfigError, match="config.video_finetune.unet"):
     runner.validate(config)
   config = tiny_video_config(str(tmp_path / "data"))
@@ -131,7 +205,7 @@ def test_video_stage_config_errors(tmp_path):
     runner.validate(config)
   config = tiny_video_config(str(tmp_path / "data"))
   with config.unlocked():
-    config.stages = ("clip_fit", "clip_embed", "vae_fit", "video_finetune", "cotrain", "align")
+    config.stages = ("clip_fit", "clip_embed", "vae_fit", "unet_fit", "video_finetune", "cotrain", "align")
   with pytest.raises(ConfigError, match="needs stage 'align' to run before 'cotrain'"):
     runner.validate(config)
   config = tiny_video_config(str(tmp_path / "data"))

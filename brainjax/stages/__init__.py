@@ -33,6 +33,7 @@ REGISTRY: dict[str, str] = {
     "clip_embed": "brainjax.stages.clip_embed",
     "align": "brainjax.stages.align",
     "vae_fit": "brainjax.stages.vae_fit",
+    "unet_fit": "brainjax.stages.unet_fit",
     "video_finetune": "brainjax.stages.video_finetune",
     "cotrain": "brainjax.stages.cotrain",
     "evaluate": "brainjax.stages.evaluate",

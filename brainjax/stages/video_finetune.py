@@ -7,9 +7,10 @@ training only the attention layers (`trainable_pattern(variant)`). Later the
 caption condition is swapped for the fMRI encoder's.
 
 Inputs, each the same kind of thing in the demo and the paper:
-  unet_path      a diffusers SD `unet/` (or pipeline) directory, inflated on load, or a
+  unet_path      a diffusers SD `unet/` (or pipeline) directory, inflated on load (demo:
+                 stage:unet_fit/unet, a small stand-in trained on the synthetic frames), or a
                  video UNet saved by this stage / MindVideo; "" trains `unet` (UNetConfig
-                 fields) from scratch (demo: no pretrained SD exists for the synthetic world)
+                 fields) from scratch
   vae_path       a diffusers `vae/` directory (stable-diffusion-v1-5/vae; demo: stage:vae_fit/vae)
   text_cache     clip_embed's outputs: the caption hidden states per stimulus TR (the
                  condition) and the empty caption's (the unconditional input)
@@ -71,14 +72,19 @@ def validate_video_training(config: ml_collections.ConfigDict, name: str) -> Non
   cfg.require_positive_int(config, f"{name}.num_frames")
   cfg.require_positive_int(config, f"{name}.resolution", allow_zero=True)
   cfg.require_in_range(config, f"{name}.dependent_noise_beta", 0.0, 1.0)
+  validate_diffusion_fields(config, name)
+  if stage.variant not in vu.VARIANTS:
+    raise cfg.ConfigError(f"config.{name}.variant = {stage.variant!r}; choose one of {sorted(vu.VARIANTS)}.")
+
+
+def validate_diffusion_fields(config: ml_collections.ConfigDict, name: str) -> None:
+  """The diffusion fields of every stage that trains and samples a UNet (unet_fit too)."""
   cfg.require_positive(config, f"{name}.snr_gamma", allow_zero=True)
   cfg.require_positive_int(config, f"{name}.sample.count", allow_zero=True)
   cfg.require_positive_int(config, f"{name}.sample.num_steps")
   cfg.require_choice(config, f"{name}.sample.sampler", diffusion.SAMPLERS)
-  if stage.variant not in vu.VARIANTS:
-    raise cfg.ConfigError(f"config.{name}.variant = {stage.variant!r}; choose one of {sorted(vu.VARIANTS)}.")
   try:
-    diffusion.NoiseSchedule.create(**stage.schedule.to_dict())
+    diffusion.NoiseSchedule.create(**config[name].schedule.to_dict())
   except (ValueError, TypeError) as e:
     raise cfg.ConfigError(f"config.{name}.schedule: {e}") from e
 
@@ -167,12 +173,8 @@ def run(ctx: StageContext) -> dict:
   stage = ctx.config.video_finetune
   module, loaded = build_unet(ctx)
   vae_module, vae_params = vae.load_vae(resolve_path(ctx, stage.vae_path))
-  cache_dir = resolve_path(ctx, stage.text_cache)
-  train_cache = clip_embed.load_cache(cache_dir, "train")
-  if "text_hidden" not in train_cache:
-    raise FileNotFoundError(f"{cache_dir} has no text_hidden.npy: run clip_embed with store_text_hidden=True.")
-  uncond = clip_embed.load_uncond_hidden(cache_dir)
-  _check_widths(module, vae_module, uncond)
+  hidden, uncond = load_caption_condition(resolve_path(ctx, stage.text_cache), "train")
+  check_widths(module.config, vae_module, uncond)
 
   source = pipeline.make_stimulus_source(ctx.config.data, "train")
   mean, std = posterior_cache(vae_module, vae_params, source, stage.num_frames, stage.resolution)
@@ -183,18 +185,10 @@ def run(ctx: StageContext) -> dict:
   def init_variables(rng):
     return module.init(rng, jnp.zeros((1,) + latent_shape), jnp.zeros((), jnp.int32), jnp.zeros((1,) + uncond.shape))
 
-  def loss_fn(params, model_state, batch, rng):
-    latent_rng, drop_rng, loss_rng = jax.random.split(rng, 3)
-    x0 = batch["mean"] + batch["std"] * jax.random.normal(latent_rng, batch["mean"].shape)
-    drop = jax.random.uniform(drop_rng, (x0.shape[0],)) < stage.uncond_prob
-    cond = jnp.where(drop[:, None, None], jnp.asarray(uncond)[None], batch["cond"])
-    predict = lambda x, t, c: module.apply({"params": params}, x, t, c)
-    loss = diffusion.diffusion_loss(schedule, predict, x0, cond, loss_rng, noise_fn=generation.noise_fn(beta),
-                                   snr_gamma=stage.snr_gamma)
-    return loss, ({}, model_state)
-
-  iterator = pipeline.make_iterator(_ClipSource(mean, std, train_cache["text_hidden"]),
-                                    batch_size=stage.batch_size, seed=ctx.config.seed)
+  loss_fn = caption_diffusion_loss(module, schedule, uncond, stage.uncond_prob, stage.snr_gamma,
+                                   generation.noise_fn(beta))
+  iterator = pipeline.make_iterator(_ClipSource(mean, std, hidden), batch_size=stage.batch_size,
+                                    seed=ctx.config.seed)
   state = common.train(ctx, init_variables=init_variables, loss_fn=loss_fn, iterator=iterator,
                        batch_keys=("mean", "std", "cond"),
                        initial_params=None if loaded is None else (lambda _: loaded))
@@ -207,8 +201,38 @@ def run(ctx: StageContext) -> dict:
   return summary
 
 
-def _check_widths(module: vu.VideoUNet, vae_module: vae.AutoencoderKL, uncond: np.ndarray) -> None:
-  c = module.config
+def load_caption_condition(cache_dir, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """(caption hidden states [R, L, D] of `split` in record order, the empty caption's [L, D]) from clip_embed."""
+  cache = clip_embed.load_cache(cache_dir, split)
+  if "text_hidden" not in cache:
+    raise FileNotFoundError(f"{cache_dir} has no {split}/text_hidden.npy: run clip_embed with store_text_hidden=True.")
+  return cache["text_hidden"], clip_embed.load_uncond_hidden(cache_dir)
+
+
+def caption_diffusion_loss(module, schedule: diffusion.NoiseSchedule, uncond: np.ndarray, uncond_prob: float,
+                           snr_gamma: float, noise_fn: diffusion.NoiseFn | None = None):
+  """The text-to-image / text-to-video loss_fn for common.train over batches of cached posteriors.
+
+  batch: mean, std (the scaled VAE posterior of each example) and cond (its caption's hidden states).
+  A fresh latent is drawn from the posterior; the caption is replaced by the empty caption with
+  probability uncond_prob (for classifier-free guidance).
+  """
+  uncond = jnp.asarray(uncond)
+
+  def loss_fn(params, model_state, batch, rng):
+    latent_rng, drop_rng, loss_rng = jax.random.split(rng, 3)
+    x0 = batch["mean"] + batch["std"] * jax.random.normal(latent_rng, batch["mean"].shape)
+    drop = jax.random.uniform(drop_rng, (x0.shape[0],)) < uncond_prob
+    cond = jnp.where(drop[:, None, None], uncond[None], batch["cond"])
+    predict = lambda x, t, c: module.apply({"params": params}, x, t, c)
+    loss = diffusion.diffusion_loss(schedule, predict, x0, cond, loss_rng, noise_fn=noise_fn, snr_gamma=snr_gamma)
+    return loss, ({}, model_state)
+
+  return loss_fn
+
+
+def check_widths(c: unet.UNetConfig, vae_module: vae.AutoencoderKL, uncond: np.ndarray) -> None:
+  """The UNet must take the VAE's latent channels and cross-attend to the text condition's width."""
   if c.context_dim != uncond.shape[-1]:
     raise cfg.ConfigError(f"the UNet's cross_attention_dim is {c.context_dim} but the text condition is "
                           f"{uncond.shape[-1]} wide; the UNet and the text tower of clip_embed must belong together "
@@ -225,7 +249,7 @@ def _write_samples(ctx: StageContext, module, params, schedule, vae_module, vae_
   cache_dir = resolve_path(ctx, stage.text_cache)
   test_cache = clip_embed.load_cache(cache_dir, "test")
   records = generation.spread_records(test, stage.sample.count)
-  cond = test_cache["text_hidden"][records]
+  cond = load_caption_condition(cache_dir, "test")[0][records]
   negative = np.broadcast_to(uncond, cond.shape)  # classifier-free guidance: the empty caption
   sampler = generation.make_sampler(module, schedule, stage.sample, float(stage.dependent_noise_beta))
   latents = sampler(params, cond, negative, jax.random.key(stage.sample.seed),
