@@ -179,9 +179,10 @@ def demo() -> ml_collections.ConfigDict:
   # Stand-ins for the papers' ImageNet ViT and Kinetics VideoMAE: classifiers of the synthetic object
   # class (per frame) and motion (per clip), saved in the transformers layout and read like the real ones.
   config.classifier_fit = classifier_fit.stage_config()
-  # 24 test windows spread over the test clips; DDIM 50 with adversarial guidance.
+  # 24 test windows spread over the test clips; DDIM 50 with adversarial guidance. The "caption" baseline
+  # (video_finetune's UNet on the true captions) shows what the generator makes of a perfect condition.
   config.evaluate = evaluate.stage_config(
-      max_samples=24, batch_per_device=4,
+      max_samples=24, batch_per_device=4, baselines=("shuffled", "mean_fmri", "caption"),
       sample=dict(sampler="ddim", num_steps=50, guidance_scale=5.0, eta=0.0, seed=0, adversarial=True),
       image_classifier_path="stage:classifier_fit/image_classifier",
       video_classifier_path="stage:classifier_fit/video_classifier",

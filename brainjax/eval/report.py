@@ -35,7 +35,8 @@ th { background: #f2f2f2; }
 pre { background: #f7f7f7; padding: 10px; font-size: 12px; overflow-x: auto; }
 """
 
-BASELINE_TITLES = {"chance": "chance", "shuffled": "shuffled pairs", "mean_fmri": "mean-fMRI condition"}
+BASELINE_TITLES = {"chance": "chance", "shuffled": "shuffled pairs", "mean_fmri": "mean-fMRI condition",
+                   "caption": "true caption (text-to-video)"}
 
 
 def _fmt(value: Any, std: Any = None, digits: int = 3) -> str:
