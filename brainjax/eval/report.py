@@ -36,7 +36,7 @@ pre { background: #f7f7f7; padding: 10px; font-size: 12px; overflow-x: auto; }
 """
 
 BASELINE_TITLES = {"chance": "chance", "shuffled": "shuffled pairs", "mean_fmri": "mean-fMRI condition",
-                   "caption": "true caption (text-to-video)"}
+                   "caption": "true caption (text-to-video)", "ridge": "ridge fMRI → caption"}
 
 
 def _fmt(value: Any, std: Any = None, digits: int = 3) -> str:

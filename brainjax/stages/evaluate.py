@@ -23,7 +23,10 @@ VAE and compared with the clip the subject watched:
                hidden states cached by clip_embed, `text_cache`) with the same seeds and, when
                the reconstructions are guided, classifier-free guidance against the empty
                caption at the same scale. It shows what this generator makes of a perfect
-               description of the stimulus.
+               description of the stimulus. "ridge": the same UNet and seeds on a linear decoder's
+               condition, a ridge regression (`ridge_alpha`, brainjax.eval.ridge) from the
+               training fMRI windows to their captions' hidden states (Brain Netflix's kind of
+               decoder): what the fMRI supports through this generator without a learned encoder.
 
 Config (`stage_config`); fields that inherit from config.cotrain when left at
 their sentinel: num_frames (0), resolution (-1; cotrain's 0 = the frames' own
@@ -51,7 +54,7 @@ Writes, under <workdir>/evaluate/:
                           truth `real` and reconstruction `video` [n, T, H, W, 3], per-frame `ssim` /
                           `psnr` [n, T], classifier probabilities `image_probs` [n, T, C] /
                           `video_probs` [n, C] (and `*_gt` on the ground truth), and the same with a
-                          `mean_fmri_` (`caption_`) prefix for that baseline. No resumption: an interrupted
+                          `mean_fmri_` (`caption_`, `ridge_`) prefix for that baseline. No resumption: an interrupted
                           evaluation starts over.
   metrics.json            every number with its baselines, the capped Ns, per-subject numbers (with
                           more than one subject), timings and the resolved stage config
@@ -77,16 +80,17 @@ from brainjax import diffusion, generation, media
 from brainjax.data import pipeline
 from brainjax.eval import metrics as mt
 from brainjax.eval import report as report_lib
+from brainjax.eval import ridge
 from brainjax.models import vae, videomae, vit
 from brainjax.models import video_unet as vu
 from brainjax.stages import StageContext, common, cotrain, resolve_path, video_finetune
 from brainjax.train import sharding as shd
 
 CONFIG_KEYS = ("seed", "data")
-BASELINES = ("shuffled", "mean_fmri", "caption")
+BASELINES = ("shuffled", "mean_fmri", "caption", "ridge")
 DEFAULT_BASELINES = ("shuffled", "mean_fmri")
 # Baselines that generate clips of their own (stored under a `<name>_` prefix), with their report panel.
-GENERATED_BASELINES = {"mean_fmri": "mean-fMRI baseline", "caption": "true caption"}
+GENERATED_BASELINES = {"mean_fmri": "mean-fMRI baseline", "caption": "true caption", "ridge": "ridge from fMRI"}
 SPLITS = ("train", "test")
 PATH_FIELDS = ("encoder_from", "unet_from", "vae_path", "image_classifier_path", "video_classifier_path")
 # field -> the sentinel meaning "config.cotrain's"
@@ -108,8 +112,9 @@ def stage_config(**overrides) -> ml_collections.ConfigDict:
       # demo: stage:classifier_fit/image_classifier, stage:classifier_fit/video_classifier. "" = skip.
       image_classifier_path="", video_classifier_path="",
       n_way=(2, 50), top_k=1, trials=100, baselines=DEFAULT_BASELINES,
-      # the "caption" baseline's text-to-video UNet and caption hidden states
+      # the "caption" and "ridge" baselines' text-to-video UNet and caption hidden states
       caption_unet_from="stage:video_finetune/unet", text_cache="stage:clip_embed",
+      ridge_alpha=1e4,  # the "ridge" baseline's regularisation (standardised voxels)
       report=dict(clips_per_subject=8),
       data_overrides={},
   ))
@@ -192,12 +197,16 @@ def validate(config: ml_collections.ConfigDict, name: str) -> None:
     raise cfg.ConfigError(f"config.evaluate.baselines = {tuple(stage.baselines)!r}: choose distinct entries of "
                           f"{BASELINES} (chance is always reported).")
   cfg.require_positive_int(resolved, f"{where}.report.clips_per_subject", allow_zero=True)
-  if "caption" in stage.baselines:
+  for name in ("caption", "ridge"):
+    if name not in stage.baselines:
+      continue
     for field in ("caption_unet_from", "text_cache"):
       if not stage[field]:
-        raise cfg.ConfigError(f"config.evaluate.{field} is empty but config.evaluate.baselines has 'caption'; "
+        raise cfg.ConfigError(f"config.evaluate.{field} is empty but config.evaluate.baselines has {name!r}; "
                               "point it at video_finetune's UNet / clip_embed's cache or drop the baseline.")
       common.validate_stage_path(config, where, field, stage[field], allow_finished=True)
+  if "ridge" in stage.baselines:
+    cfg.require_positive(resolved, f"{where}.ridge_alpha")
 
 
 def _validate_n_way(stage: ml_collections.ConfigDict) -> None:
@@ -377,7 +386,9 @@ def _generate_and_score(ctx: StageContext, stage: ml_collections.ConfigDict) -> 
   schedule = diffusion.NoiseSchedule.create(**stage.schedule.to_dict())
   sampler = generation.make_sampler(unet, schedule, stage.sample, float(stage.dependent_noise_beta))
   seed = int(stage.sample.seed)
-  caption = _load_caption_baseline(ctx, stage, encoder.head.out_dim) if "caption" in stage.baselines else None
+  caption = (_load_caption_baseline(ctx, stage, encoder.head.out_dim)
+             if {"caption", "ridge"} & set(stage.baselines) else None)
+  ridge_map = _fit_ridge_baseline(stage, data, caption["train_hidden"]) if "ridge" in stage.baselines else None
   if caption:
     params["caption_unet"] = jax.device_put(caption["params"], replicated)
     caption_sampler = generation.make_sampler(caption["module"], schedule, stage.sample,
@@ -461,9 +472,12 @@ def _generate_and_score(ctx: StageContext, stage: ml_collections.ConfigDict) -> 
     if baseline:
       plain = generate_plain(params, to_global(mean), to_global(mean), to_global(subject), to_global(record))
       score_baseline(out, "mean_fmri", plain, real_global)
-    if caption:
+    if "caption" in stage.baselines:
       hidden = caption["hidden"][record]
       score_baseline(out, "caption", generate_from_caption(params, to_global(hidden), to_global(record)), real_global)
+    if ridge_map is not None:
+      hidden = ridge_map.predict(fmri).reshape((len(fmri),) + caption["hidden"].shape[1:]).astype(np.float32)
+      score_baseline(out, "ridge", generate_from_caption(params, to_global(hidden), to_global(record)), real_global)
     for k, v in out.items():
       rows.setdefault(k, []).append(v)
     if bar is not None:
@@ -488,7 +502,19 @@ def _load_caption_baseline(ctx: StageContext, stage: ml_collections.ConfigDict, 
                           f"{module.config.context_dim}, the captions of {stage.text_cache} are {hidden.shape[-1]} "
                           f"wide and the fMRI condition {context_dim}; point caption_unet_from and text_cache at the "
                           "video_finetune and clip_embed stages of this run.")
-  return {"module": module, "params": params, "hidden": hidden, "uncond": uncond}
+  train_hidden = (video_finetune.load_caption_condition(resolve_path(ctx, stage.text_cache), "train")[0]
+                  if "ridge" in stage.baselines else None)
+  return {"module": module, "params": params, "hidden": hidden, "uncond": uncond, "train_hidden": train_hidden}
+
+
+def _fit_ridge_baseline(stage: ml_collections.ConfigDict, data: ml_collections.ConfigDict,
+                        train_hidden: np.ndarray) -> ridge.RidgeMap:
+  """The "ridge" baseline's map: every training fMRI window (the evaluated data settings) -> its stimulus
+  TR's caption hidden states."""
+  source = pipeline.make_source(data, "train")
+  x = np.stack([np.asarray(source[i]["fmri"], np.float32).reshape(-1) for i in range(len(source))])
+  y = train_hidden[np.array([int(source[i]["record"]) for i in range(len(source))])]
+  return ridge.fit_ridge(x, y, float(stage.ridge_alpha))
 
 
 def _fetch(tree: dict) -> dict[str, np.ndarray]:
