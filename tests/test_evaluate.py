@@ -182,7 +182,7 @@ def test_caption_and_ridge_baselines_are_the_text_to_video_unet_on_captions_and_
   from brainjax.models import vae
   from brainjax.models import video_unet as vu
   from brainjax.data import pipeline
-  from brainjax.eval import ridge
+  from brainjax import ridge
   from brainjax.stages import video_finetune
   config, root, _ = finished
   config = copy.deepcopy(config)

@@ -1,9 +1,9 @@
-"""brainjax.eval.ridge: the dual-form ridge map equals the primal closed form, and refuses bad input."""
+"""brainjax.ridge: the dual-form ridge map equals the primal closed form, and refuses bad input."""
 
 import numpy as np
 import pytest
 
-from brainjax.eval import ridge
+from brainjax import ridge
 
 
 def _primal(x, y, alpha, x_test):
@@ -49,3 +49,21 @@ def test_bad_inputs_are_refused():
     ridge.fit_ridge(bad, y, 1.0)
   with pytest.raises(ValueError, match="inputs have 5 features but the map was fitted on 3"):
     ridge.fit_ridge(x, y, 1.0).predict(np.zeros((2, 5)))
+
+
+def test_low_rank_factorisation_equals_predict_at_full_rank_and_is_best_at_lower_rank():
+  rng = np.random.default_rng(3)
+  x = rng.normal(2.0, 3.0, (40, 30))
+  y = x @ rng.normal(size=(30, 12)) + rng.normal(size=12)
+  fitted = ridge.fit_ridge(x, y, 5.0)
+  test = rng.normal(2.0, 3.0, (7, 30))
+  w_in, w_out, bias = fitted.low_rank(12)
+  np.testing.assert_allclose(test @ w_in @ w_out + bias, fitted.predict(test), rtol=1e-9, atol=1e-9)
+  # Rank 3: the training predictions are their best rank-3 approximation (Eckart-Young) around the mean.
+  w_in, w_out, bias = fitted.low_rank(3)
+  assert w_in.shape == (30, 3) and w_out.shape == (3, 12)
+  centred = fitted.predict(x) - fitted.y_mean
+  u, s, vt = np.linalg.svd(centred, full_matrices=False)
+  np.testing.assert_allclose(x @ w_in @ w_out + bias - fitted.y_mean, (u[:, :3] * s[:3]) @ vt[:3], atol=1e-8)
+  with pytest.raises(ValueError, match="rank"):
+    fitted.low_rank(0)

@@ -24,7 +24,7 @@ VAE and compared with the clip the subject watched:
                the reconstructions are guided, classifier-free guidance against the empty
                caption at the same scale. It shows what this generator makes of a perfect
                description of the stimulus. "ridge": the same UNet and seeds on a linear decoder's
-               condition, a ridge regression (`ridge_alpha`, brainjax.eval.ridge) from the
+               condition, a ridge regression (`ridge_alpha`, brainjax.ridge) from the
                training fMRI windows to their captions' hidden states (Brain Netflix's kind of
                decoder): what the fMRI supports through this generator without a learned encoder.
 
@@ -80,7 +80,7 @@ from brainjax import diffusion, generation, media
 from brainjax.data import pipeline
 from brainjax.eval import metrics as mt
 from brainjax.eval import report as report_lib
-from brainjax.eval import ridge
+from brainjax import ridge
 from brainjax.models import vae, videomae, vit
 from brainjax.models import video_unet as vu
 from brainjax.stages import StageContext, common, cotrain, resolve_path, video_finetune

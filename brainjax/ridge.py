@@ -36,6 +36,23 @@ class RidgeMap:
     z = (x - self.x_mean) / self.x_scale
     return (z @ self.train.T) @ self.dual + self.y_mean
 
+  def low_rank(self, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The map as x @ w_in [d, r] @ w_out [r, k] + bias [k], on raw (unstandardised) inputs.
+
+    Reduced-rank ridge: the fitted training predictions are projected onto their top
+    `rank` right singular vectors V_r, W_r = W V_r V_r^T. Exact (equal to `predict`)
+    when `rank` reaches the rank of those predictions (at most n - 1).
+    """
+    if rank < 1:
+      raise ValueError(f"ridge: rank = {rank}; it must be at least 1.")
+    dual = self.dual
+    fitted = (self.train @ self.train.T) @ dual
+    _, _, vt = np.linalg.svd(fitted, full_matrices=False)
+    v = vt[:rank].T                                           # [k, r]
+    w_in = (self.train.T @ (dual @ v)) / self.x_scale[:, None]  # standardisation folded into the kernel
+    bias = self.y_mean - (self.x_mean @ w_in) @ v.T
+    return w_in, v.T, bias
+
 
 def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> RidgeMap:
   """Fits x [n, ...] -> y [n, ...] (trailing axes flattened); alpha > 0 on standardised inputs."""
