@@ -35,6 +35,10 @@ Presets:
          batch 500, 40 warm-up epochs + cosine; window 2, projection to 77 x 768,
          20% sparsification, dropout 0.6, text + image contrastive loss.
   demo   the built-in synthetic benchmark with small models: minutes on a laptop CPU.
+         It adds brainjax's caption readout (not in the paper): a linear map from the
+         fMRI window onto the caption hidden states, fitted by ridge before co-training
+         (align.head.readout_rank, cotrain.readout_fit; off with the no_caption_readout
+         ablation, and in the paper preset).
 
 Ablations of Table 1 (command-line overrides):
   window size        --config.data.window=1 (or 3)
@@ -138,7 +142,8 @@ def demo() -> ml_collections.ConfigDict:
   config.align = align.stage_config(
       init_from="stage:mbm_finetune",
       encoder=dict(patch_size=16, remat=False, **encoder),
-      head=dict(out_tokens=77, out_dim=64, dropout=0.6, use_norm=False),
+      # 32 tokens, the demo CLIP's text length, so cotrain can fit the caption readout (below) onto them.
+      head=dict(out_tokens=32, out_dim=64, dropout=0.6, use_norm=False, readout_rank=256),
       optim=optim_config(lr=3e-4, weight_decay=0.05, warmup_steps=30, grad_clip_norm=1.0),
       batch_size=32, num_steps=150, log_every_steps=50, checkpoint_every_steps=75)
   # Test PSNR 19.6 dB after 300 steps (stars, hearts and arrows blur into blobs), 22.4 after 600, 24.3
@@ -170,7 +175,13 @@ def demo() -> ml_collections.ConfigDict:
       optim=optim_config(lr=3e-4, weight_decay=0.0, warmup_steps=20, grad_clip_norm=1.0),
       batch_size=8, num_steps=300, log_every_steps=50, checkpoint_every_steps=150,
       sample=dict(count=8, sampler="ddim", num_steps=50, guidance_scale=5.0, eta=0.0, seed=0))
+  # The caption readout (brainjax's, not MinD-Video's; see models/fmri_encoder.py and stages/cotrain.py):
+  # a rank-256 linear map from the fMRI window onto the captions' hidden states, fitted by ridge before
+  # co-training. MinD-Video's bilinear head cannot give each caption position its own function of the
+  # fMRI, and 200 co-training steps teach the UNet to ignore an unrelated condition rather than read it.
+  # The "no_caption_readout" ablation runs without it.
   config.cotrain = cotrain.stage_config(
+      readout_fit=dict(alpha=1e3, text_cache="stage:clip_embed"),
       num_frames=6, batch_size=8, num_steps=200, log_every_steps=50, checkpoint_every_steps=100,
       schedule=schedule, snr_gamma=5.0,
       optim=optim_config(lr=3e-4, weight_decay=0.0, warmup_steps=20, grad_clip_norm=1.0,
@@ -180,9 +191,10 @@ def demo() -> ml_collections.ConfigDict:
   # class (per frame) and motion (per clip), saved in the transformers layout and read like the real ones.
   config.classifier_fit = classifier_fit.stage_config()
   # 24 test windows spread over the test clips; DDIM 50 with adversarial guidance. The "caption" baseline
-  # (video_finetune's UNet on the true captions) shows what the generator makes of a perfect condition.
+  # (video_finetune's UNet on the true captions) shows what the generator makes of a perfect condition,
+  # "ridge" what it makes of a linear decoder's (ridge from the fMRI, no encoder, no co-training).
   config.evaluate = evaluate.stage_config(
-      max_samples=24, batch_per_device=4, baselines=("shuffled", "mean_fmri", "caption"),
+      max_samples=24, batch_per_device=4, baselines=("shuffled", "mean_fmri", "caption", "ridge"),
       sample=dict(sampler="ddim", num_steps=50, guidance_scale=5.0, eta=0.0, seed=0, adversarial=True),
       image_classifier_path="stage:classifier_fit/image_classifier",
       video_classifier_path="stage:classifier_fit/video_classifier",
@@ -195,6 +207,8 @@ def demo() -> ml_collections.ConfigDict:
       "image_only": ["align.modalities=('image',)"],
       "no_sparsify": ["align.sparsify_rate=0.0"],
       "no_adversarial_guidance": ["evaluate.sample.adversarial=False"],
+      # brainjax's caption readout off: MinD-Video's head alone conditions co-training.
+      "no_caption_readout": ["cotrain.readout_fit.alpha=0.0", "align.head.readout_rank=0"],
   })
   return config
 

@@ -61,7 +61,8 @@ def tiny_mindvideo_config(data_dir: str, *, steps: int = 20) -> ml_collections.C
                                   num_attention_heads=2)
     model = config.mbm_pretrain.model
     config.align.encoder.update(embed_dim=model.embed_dim, depth=model.depth, num_heads=model.num_heads)
-    config.align.head.update(out_tokens=8, out_dim=16)
+    config.align.head.update(out_tokens=8, out_dim=16, readout_rank=0)
+    config.cotrain.readout_fit.alpha = 0.0  # the caption readout needs out_tokens = the text length; see test_video_stages
     config.align.retrieval_candidates = 20
   return config
 

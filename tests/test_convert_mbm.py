@@ -359,6 +359,9 @@ def test_encoder_config_errors_are_named(tmp_path):
       fmri_encoder.ProjectionHead(out_tokens=3, out_dim=8))
   with pytest.raises(convert.ConversionError, match="norm_eps=1e-06"):
     convert.mindvideo_config(model)
+  with pytest.raises(convert.ConversionError, match="caption readout"):
+    convert.mindvideo_config(model.clone(encoder=model.encoder.clone(norm_eps=1e-5),
+                                         head=model.head.clone(readout_rank=4)))
   # A MindVideo folder whose weights are for another window size.
   config = _encoder_config("window2")
   _write_mindvideo_folder(tmp_path / "enc", config | {"window_size": 3}, ref.FmriEncoderTorch(**config))

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from brainjax import ridge
 from brainjax.models import fmri_encoder, layers, mbm
 
 V, P = 320, 16
@@ -120,6 +121,38 @@ def test_projection_head_shapes_and_residual():
       lambda p, v: jnp.zeros_like(v) if "fc" in jax.tree_util.keystr(p) else v, params)
   linear = np.einsum("btd,tk->bkd", tokens, params["channel_mapper"]["kernel"]) @ params["projection"]["kernel"]
   np.testing.assert_allclose(head.apply({"params": zeroed}, tokens), linear, rtol=1e-5, atol=1e-6)
+
+
+def test_projection_head_caption_readout_starts_off_and_fits_the_ridge_map():
+  rng = np.random.default_rng(10)
+  tokens = jnp.asarray(rng.standard_normal((12, 5, 4)), jnp.float32)
+  fmri = rng.standard_normal((12, 2, 10)).astype(np.float32)  # the window the readout reads
+  head = fmri_encoder.ProjectionHead(out_tokens=3, out_dim=4, readout_rank=12)
+  params = nn.meta.unbox(head.init(jax.random.PRNGKey(0), tokens, fmri)["params"])
+  assert params["readout_in"]["kernel"].shape == (20, 12) and params["readout_out"]["kernel"].shape == (12, 12)
+  # readout_out starts at zero: the head is MindVideo's until the readout is trained or fitted.
+  plain = fmri_encoder.ProjectionHead(out_tokens=3, out_dim=4)
+  mindvideo = {k: v for k, v in params.items() if not k.startswith("readout")}
+  np.testing.assert_array_equal(head.apply({"params": params}, tokens, fmri),
+                                plain.apply({"params": mindvideo}, tokens))
+  with pytest.raises(ValueError, match="pass `fmri`"):
+    head.apply({"params": params}, tokens)
+  # Fitted: the head's output plus exactly the ridge map's prediction (rank 12 >= 11, the fitted rank).
+  residual = rng.standard_normal((12, 3, 4))
+  fitted = fmri_encoder.fit_readout(head, params, fmri, residual, alpha=2.0)
+  test = rng.standard_normal((3, 2, 10)).astype(np.float32)
+  expected = ridge.fit_ridge(fmri.reshape(12, -1), residual.reshape(12, -1), 2.0).predict(test.reshape(3, -1))
+  added = head.apply({"params": fitted}, tokens[:3], test) - head.apply({"params": params}, tokens[:3], test)
+  np.testing.assert_allclose(added, expected.reshape(3, 3, 4), rtol=1e-4, atol=1e-4)
+  # A rank above the number of windows: the spare rank stays zero.
+  wide = fmri_encoder.ProjectionHead(out_tokens=3, out_dim=4, readout_rank=16)
+  wide_params = nn.meta.unbox(wide.init(jax.random.PRNGKey(1), tokens, fmri)["params"])
+  wide_fit = fmri_encoder.fit_readout(wide, wide_params, fmri, residual, alpha=2.0)
+  assert not np.any(wide_fit["readout_in"]["kernel"][:, 12:]) and not np.any(wide_fit["readout_out"]["kernel"][12:])
+  with pytest.raises(ValueError, match="do not match"):
+    fmri_encoder.fit_readout(head, params, fmri, residual[:, :2], alpha=2.0)
+  with pytest.raises(ValueError, match="no caption readout"):
+    fmri_encoder.fit_readout(plain, mindvideo, fmri, residual, alpha=2.0)
 
 
 def test_per_subject_patch_embeddings():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from etils import epath
 
+from brainjax import config as cfg
 from brainjax import media, runner
 from brainjax.config import ConfigError
 from brainjax.models import vae
@@ -37,7 +38,10 @@ def tiny_video_config(data_dir: str, steps: int = 6):
     stage.update(batch_size=8, num_steps=steps, checkpoint_every_steps=steps, log_every_steps=2)
     stage.optim.warmup_steps = 1
     stage.sample.update(count=3, num_steps=4)
+    # The caption readout: 32 condition tokens, the tiny CLIP's text length, fitted before co-training.
+    config.align.head.update(out_tokens=32, readout_rank=8)
     co = config.cotrain
+    co.readout_fit.alpha = 1.0
     co.update(num_frames=4, batch_size=8, num_steps=steps, checkpoint_every_steps=steps, log_every_steps=2)
     co.optim.warmup_steps = 1
     co.sample.update(count=2, num_steps=3)
@@ -138,7 +142,13 @@ def test_cotrain_conditions_the_unet_on_fmri_and_saves_both(finished):
   assert summaries["cotrain"]["steps"] == config.cotrain.num_steps and summaries["cotrain"]["samples"] == 2
   from brainjax.stages import cotrain
   encoder, _, meta = cotrain.load_encoder(workdir / "cotrain")
-  assert meta["trained_by"] == "cotrain" and encoder.head.out_dim == 16
+  assert meta["trained_by"] == "cotrain" and encoder.head.out_dim == 16 and encoder.head.readout_rank == 8
+  # The readout, fitted to the captions before co-training, brings the condition closer to them than align's head.
+  fit = summaries["cotrain"]
+  assert fit["readout_rank"] == 8 and 0 < fit["readout_test_rel_error_after"] < fit["readout_test_rel_error_before"]
+  short = encoder.clone(head=encoder.head.clone(out_tokens=8))
+  with pytest.raises(ConfigError, match=r"set config.align.head.out_tokens = 32"):
+    cotrain.fit_caption_readout(short, {}, config.data, workdir / "clip_embed", 1.0)
   module, params = vu.load_video_unet(workdir / "cotrain" / "unet")
   _, before = vu.load_video_unet(workdir / "video_finetune" / "unet")
   from brainjax.convert import mapping as mp
@@ -218,6 +228,17 @@ def test_video_stage_config_errors(tmp_path):
     config.cotrain.schedule.beta_end = 0.02  # not the betas video_finetune trained the UNet with
   with pytest.raises(ConfigError, match=r"config.cotrain.schedule differs .* \['beta_end'\]"):
     runner.validate(config)
+  for field, value, message in (
+      ("align.head.readout_rank", 0, "readout_rank = 0: the encoder has none"),
+      ("align.head.readout_rank", -2, r"config.align.head.readout_rank = -2: must be a non-negative integer"),
+      ("cotrain.readout_fit.alpha", -1.0, r"config.cotrain.readout_fit.alpha = -1.0: must be a non-negative"),
+      ("cotrain.readout_fit.text_cache", "", "readout_fit.text_cache is empty")):
+    config = tiny_video_config(str(tmp_path / "data"))
+    with config.unlocked():
+      parent, _, leaf = field.rpartition(".")
+      cfg.get_path(config, parent)[leaf] = value
+    with pytest.raises(ConfigError, match=message):
+      runner.validate(config)
 
 
 def test_frames_are_resized_once_the_same_way_for_every_stage():

@@ -479,6 +479,10 @@ def fmri_model_from_config(config: Mapping[str, Any], *, num_voxels: int | None 
 def mindvideo_config(model: fmri_encoder.WindowedFmriModel, *, logit_scale_init_value: float = 1.0) -> dict[str, Any]:
   """MindVideo's fMRIEncoder config.json for a brainjax encoder + head."""
   enc, head = model.encoder, model.head
+  if head.readout_rank:
+    raise ConversionError(f"the projection head has brainjax's caption readout (readout_rank={head.readout_rank}), "
+                          "which MindVideo's fMRIEncoder has no weights for; only an encoder trained with "
+                          "config.align.head.readout_rank = 0 (and cotrain.readout_fit.alpha = 0) exports.")
   for part, what in ((enc, "the encoder"), (head, "the projection head")):
     _require_torch_eps(part.norm_eps, what)
   return dict(_class_name="fMRIEncoder", num_voxels=enc.num_voxels, patch_size=enc.patch_size,

@@ -71,7 +71,8 @@ def stage_config(**overrides) -> ml_collections.ConfigDict:
       init_from="stage:mbm_pretrain",      # or '' to start from scratch
       encoder=dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=1.0, remat=False,
                    per_subject_patch_embed=False),
-      head=dict(out_tokens=77, out_dim=768, dropout=0.6, use_norm=False),
+      # readout_rank > 0: brainjax's caption readout (models/fmri_encoder.py), which cotrain's readout_fit fits.
+      head=dict(out_tokens=77, out_dim=768, dropout=0.6, use_norm=False, readout_rank=0),
       modalities=("text", "image"),
       emb_reduction="mean",                # MinD-Video averages L_text and L_image; NeuralFlix sums them
       temperature=0.07,                    # initial (learned) or fixed temperature
@@ -100,7 +101,10 @@ class FmriAligner(nn.Module):
   @nn.compact
   def __call__(self, fmri: jax.Array, *, deterministic: bool = True, token_transform=None,
                subject: jax.Array | None = None, num_voxels: jax.Array | None = None):
-    condition = self.head(self.encoder(fmri, token_transform, subject, num_voxels), deterministic=deterministic)
+    tokens = self.encoder(fmri, token_transform, subject, num_voxels)
+    if num_voxels is not None:  # the caption readout reads the voxels: padding must not reach it either
+      fmri = jnp.where(jnp.arange(fmri.shape[-1]) < jnp.asarray(num_voxels)[:, None, None], fmri, 0)
+    condition = self.head(tokens, fmri, deterministic=deterministic)
     embed = nn.Dense(self.clip_dim, use_bias=False, name="to_clip")(condition.mean(axis=1))
     if self.learn_temperature:
       log_scale = self.param("logit_scale", nn.initializers.constant(np.log(1 / self.temperature)), ())
@@ -129,6 +133,7 @@ def validate(config: ml_collections.ConfigDict, name: str) -> None:
       raise cfg.ConfigError(f"config.align.modalities = {tuple(stage.modalities)}: entries must be 'text' or 'image'.")
   cfg.require_choice(config, "align.emb_reduction", ("mean", "sum"))
   cfg.require_positive(config, "align.temperature")
+  cfg.require_positive_int(config, "align.head.readout_rank", allow_zero=True)
   for field in ("sparsify_rate", "spatial_mask_ratio", "temporal_interp_ratio", "head.dropout"):
     cfg.require_in_range(config, f"align.{field}", 0.0, 0.99)
   for field in ("mu_spa", "mu_tem"):
