@@ -80,8 +80,9 @@ def demo() -> ml_collections.ConfigDict:
   config = _neuralflix(mindvideo.demo(), PAPER_BETA)
   # The same CPU budget as MinD-Video's demo: alignment runs three encoder passes per step (plain,
   # spatially masked, temporally interpolated) and the pseudo-3-D convolutions double the UNet's step.
-  config.align.num_steps = 120
-  config.video_finetune.num_steps = 150
+  config.align.num_steps = 100
+  config.unet_fit.num_steps = 800
+  config.video_finetune.num_steps = 120
   config.cotrain.num_steps = 200
   config.ablations = ml_collections.ConfigDict({
       "no_augmentation": ["align.spatial_mask_ratio=0.0", "align.temporal_interp_ratio=0.0",
@@ -90,6 +91,7 @@ def demo() -> ml_collections.ConfigDict:
       "temporal_interp_half": ["align.temporal_interp_ratio=0.5"],
       "no_dependent_noise": ["neuralflix_beta=0.0"],
       "beta_25": ["neuralflix_beta=0.25"],
+      "no_caption_readout": ["cotrain.readout_fit.alpha=0.0", "align.head.readout_rank=0"],
   })
   return config
 
