@@ -46,7 +46,7 @@ class RidgeMap:
     if rank < 1:
       raise ValueError(f"ridge: rank = {rank}; it must be at least 1.")
     dual = self.dual
-    fitted = (self.train @ self.train.T) @ dual
+    fitted = (self.train @ self.train.T) @ dual  # the centred training predictions
     _, _, vt = np.linalg.svd(fitted, full_matrices=False)
     v = vt[:rank].T                                           # [k, r]
     w_in = (self.train.T @ (dual @ v)) / self.x_scale[:, None]  # standardisation folded into the kernel

@@ -218,39 +218,40 @@ def fit_caption_readout(encoder: align.FmriAligner, params: dict, data: ml_colle
             for name in ("channel_mapper", "readout_out")}
   plain = dict(params, head=dict(params["head"], **zeroed))
   per_subject = bool(encoder.encoder.num_subjects)
+  apply = jax.jit(lambda p, fmri, subject: encoder.apply(
+      {"params": p}, fmri, subject=subject if per_subject else None)["condition"])
 
-  def features(p, fmri, subject):
-    return encoder.apply({"params": p}, fmri, subject=subject if per_subject else None)["condition"]
+  def conditions(p, fmri, subject):
+    return np.concatenate([np.asarray(apply(p, fmri[i:i + 64], subject[i:i + 64]), np.float64)
+                           for i in range(0, len(fmri), 64)])
 
-  features = jax.jit(features)
-
-  def windows(split, p):
-    """Every window's fMRI and condition under params `p`, and its stimulus caption (float64)."""
-    source = pipeline.make_source(data, split)
-    fmri, conds, captions = [], [], []
-    for start in range(0, len(source), 64):
-      exs = [source[i] for i in range(start, min(len(source), start + 64))]
-      x = np.stack([e["fmri"] for e in exs])
-      conds.append(np.asarray(features(p, x, np.stack([e["subject"] for e in exs])), np.float64))
-      fmri.append(x)
-      captions.append(hidden[split][np.array([int(e["record"]) for e in exs])])
-    return np.concatenate(fmri), np.concatenate(conds), np.concatenate(captions).astype(np.float64)
-
-  train_fmri, train_cond, train_caption = windows("train", plain)
-  out = dict(params, head=fmri_encoder.fit_readout(head, plain["head"], train_fmri, train_caption - train_cond,
-                                                   alpha))
+  train_fmri, train_subject, train_caption = caption_windows(pipeline.make_source(data, "train"), hidden["train"])
+  train_caption = train_caption.astype(np.float64)
+  out = dict(params, head=fmri_encoder.fit_readout(
+      head, plain["head"], train_fmri, train_caption - conditions(plain, train_fmri, train_subject), alpha))
   # How far the condition is from the test windows' captions, relative to the mean training caption's.
+  test_fmri, test_subject, test_caption = caption_windows(pipeline.make_source(data, "test"), hidden["test"])
   aligned = dict(params, head=dict(params["head"], readout_out=zeroed["readout_out"]))  # align's head alone
-  _, test_before, test_caption = windows("test", aligned)
-  _, test_after, _ = windows("test", out)
   spread = float(((test_caption - train_caption.mean(0)) ** 2).sum())
-  before = float(((test_before - test_caption) ** 2).sum()) / spread
-  after = float(((test_after - test_caption) ** 2).sum()) / spread
+  before = float(((conditions(aligned, test_fmri, test_subject) - test_caption) ** 2).sum()) / spread
+  after = float(((conditions(out, test_fmri, test_subject) - test_caption) ** 2).sum()) / spread
   rank = int(np.linalg.matrix_rank(np.asarray(out["head"]["readout_out"]["kernel"], np.float64)))
   summary = {"readout_rank": rank, "readout_test_rel_error_before": before, "readout_test_rel_error_after": after}
   logging.info("cotrain: caption readout fitted (rank %d, alpha %g): relative squared error to the test captions "
                "%.3f -> %.3f", rank, alpha, before, after)
   return out, summary
+
+
+def caption_windows(source, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Every window of `source`, read once: its fMRI [n, w, V], subject [n] and its stimulus TR's caption
+  hidden states [n, L, C] (`hidden`: clip_embed's, in record order)."""
+  fmri, subject, record = [], [], []
+  for i in range(len(source)):
+    ex = source[i]
+    fmri.append(ex["fmri"])
+    subject.append(ex["subject"])
+    record.append(int(ex["record"]))
+  return np.stack(fmri), np.stack(subject), hidden[np.asarray(record)]
 
 
 def mean_fmri(source) -> np.ndarray:

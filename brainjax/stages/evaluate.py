@@ -76,11 +76,10 @@ import numpy as np
 from absl import logging
 
 from brainjax import config as cfg
-from brainjax import diffusion, generation, media
+from brainjax import diffusion, generation, media, ridge
 from brainjax.data import pipeline
 from brainjax.eval import metrics as mt
 from brainjax.eval import report as report_lib
-from brainjax import ridge
 from brainjax.models import vae, videomae, vit
 from brainjax.models import video_unet as vu
 from brainjax.stages import StageContext, common, cotrain, resolve_path, video_finetune
@@ -511,10 +510,8 @@ def _fit_ridge_baseline(stage: ml_collections.ConfigDict, data: ml_collections.C
                         train_hidden: np.ndarray) -> ridge.RidgeMap:
   """The "ridge" baseline's map: every training fMRI window (the evaluated data settings) -> its stimulus
   TR's caption hidden states."""
-  source = pipeline.make_source(data, "train")
-  x = np.stack([np.asarray(source[i]["fmri"], np.float32).reshape(-1) for i in range(len(source))])
-  y = train_hidden[np.array([int(source[i]["record"]) for i in range(len(source))])]
-  return ridge.fit_ridge(x, y, float(stage.ridge_alpha))
+  fmri, _, captions = cotrain.caption_windows(pipeline.make_source(data, "train"), train_hidden)
+  return ridge.fit_ridge(fmri, captions, float(stage.ridge_alpha))
 
 
 def _fetch(tree: dict) -> dict[str, np.ndarray]:
