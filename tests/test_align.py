@@ -88,3 +88,26 @@ def test_padding_never_reaches_the_alignment_loss():
   np.testing.assert_allclose(a, b, rtol=1e-6)
   c, _ = align.contrastive_loss(model, stage, params, dict(noisy, num_voxels=None), jax.random.PRNGKey(7))
   assert abs(float(c) - float(a)) > 1e-4
+
+
+def test_aligner_keeps_voxel_padding_out_of_the_caption_readout():
+  """The readout reads the raw voxels, so the aligner must zero the padding before it as the encoder does:
+  garbage past `num_voxels` leaves the condition unchanged, and the real voxels do change it."""
+  from brainjax.models import fmri_encoder
+  v, p = 64, 16
+  model = align.FmriAligner(
+      fmri_encoder.FmriEncoder(num_voxels=v, window=2, patch_size=p, embed_dim=16, depth=1, num_heads=2),
+      fmri_encoder.ProjectionHead(out_tokens=3, out_dim=8, readout_rank=4), clip_dim=8)
+  rng = np.random.default_rng(0)
+  fmri = rng.normal(size=(2, 2, v)).astype(np.float32)
+  real = np.array([40, 64])
+  params = model.init(jax.random.key(0), fmri, num_voxels=real)["params"]
+  # readout_out starts at zero: make it non-zero so that the readout's input reaches the output.
+  params["head"]["readout_out"]["kernel"] = jnp.asarray(rng.normal(size=(4, 24)), jnp.float32)
+  condition = lambda x: np.asarray(model.apply({"params": params}, x, num_voxels=real)["condition"])
+  garbage = fmri.copy()
+  garbage[0, :, 40:] = 1e3  # example 0's padding
+  moved = fmri.copy()
+  moved[0, :, :40] += 1.0   # example 0's real voxels
+  np.testing.assert_allclose(condition(garbage), condition(fmri), rtol=1e-6, atol=1e-6)
+  assert np.abs(condition(moved) - condition(fmri)).max() > 1e-3

@@ -51,7 +51,7 @@ from etils import epath
 from brainjax import augment, losses
 from brainjax import config as cfg
 from brainjax.data import pipeline
-from brainjax.models import fmri_encoder
+from brainjax.models import fmri_encoder, layers
 from brainjax.stages import StageContext, clip_embed, common, resolve_path
 from brainjax.train.optim import optim_config
 
@@ -103,7 +103,8 @@ class FmriAligner(nn.Module):
                subject: jax.Array | None = None, num_voxels: jax.Array | None = None):
     tokens = self.encoder(fmri, token_transform, subject, num_voxels)
     if num_voxels is not None:  # the caption readout reads the voxels: padding must not reach it either
-      fmri = jnp.where(jnp.arange(fmri.shape[-1]) < jnp.asarray(num_voxels)[:, None, None], fmri, 0)
+      voxel_valid, _ = layers.valid_voxels(num_voxels, fmri.shape[-1], self.encoder.patch_size)
+      fmri = jnp.where(voxel_valid[:, None], fmri, 0)
     condition = self.head(tokens, fmri, deterministic=deterministic)
     embed = nn.Dense(self.clip_dim, use_bias=False, name="to_clip")(condition.mean(axis=1))
     if self.learn_temperature:
