@@ -279,6 +279,22 @@ def test_ddim_zero_terminal_snr_matches_diffusers(eta):
                    eta)
 
 
+@pytest.mark.parametrize("num_steps", [25, 50, 100])
+def test_ddim_full_variance_from_zero_terminal_snr_stays_finite(num_steps):
+  # eta = 1 from alpha-bar 0: the direction coefficient sqrt(1 - ab_prev - std^2) is exactly 0 but rounds below 0
+  # at some step counts (diffusers' DDIMScheduler returns NaN at 25 and 100 trailing steps).
+  schedule = NoiseSchedule.create(**SD_BETAS, prediction_type="v_prediction", timestep_spacing="trailing",
+                                  rescale_betas_zero_snr=True)
+  x = _normal(3, (2, 4, 6, 6))
+  out = sampling.sample(fake_denoise, schedule, x, _normal(4, (2, 5)), sampler="ddim", num_steps=num_steps,
+                        eta=1.0, rng=jax.random.key(0))
+  assert np.isfinite(np.asarray(out)).all()
+  step = _row(sampling.make_plan(schedule, num_steps, "ddim"), 0)
+  prev, _ = ddim_step(schedule, jnp.zeros_like(x), x, step, eta=1.0, noise=jnp.zeros_like(x))
+  # With a zero v-prediction, x0 = 0 at alpha-bar 0 and the step's deterministic part, sqrt(~0) * x, is ~0.
+  np.testing.assert_allclose(np.asarray(prev), 0.0, atol=1e-3 * float(jnp.abs(x).max()))
+
+
 def test_ddim_clip_sample_matches_diffusers():
   kw = dict(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=True, clip_sample_range=0.5)
   _ddim_trajectory(NoiseSchedule.create(**kw), DDIMScheduler(**kw), 10, 0.0)

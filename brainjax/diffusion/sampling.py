@@ -222,7 +222,10 @@ def ddim_step(schedule: NoiseSchedule, model_output: jax.Array, sample: jax.Arra
   beta_t, beta_prev = 1.0 - alpha_t, 1.0 - alpha_prev
   variance = (beta_prev / beta_t) * (1.0 - alpha_t / alpha_prev)
   std = eta * jnp.sqrt(variance)
-  direction = jnp.sqrt(1.0 - alpha_prev - std ** 2) * eps
+  # At a zero-terminal-SNR first step (alpha_t = 0) with eta = 1, std**2 = 1 - alpha_prev exactly, and rounding
+  # can leave the difference a few ulps below 0; diffusers then returns NaN (25 or 100 trailing steps do). 0 is
+  # the exact value.
+  direction = jnp.sqrt(jnp.maximum(1.0 - alpha_prev - std ** 2, 0.0)) * eps
   prev = jnp.sqrt(alpha_prev) * x0 + direction
   if eta > 0:
     prev = prev + std * noise.astype(jnp.float32)
