@@ -80,8 +80,9 @@ def demo() -> ml_collections.ConfigDict:
   config = _neuralflix(mindvideo.demo(), PAPER_BETA)
   # The same CPU budget as MinD-Video's demo: alignment runs three encoder passes per step (plain,
   # spatially masked, temporally interpolated) and the pseudo-3-D convolutions double the UNet's step.
+  # unet_fit keeps MinD-Video's 1200 steps (the same 2-D UNet): with 800 the frames generated from the
+  # true captions scored image 2-way 0.800 and the reconstructions 0.769; with 1200, 0.832 and 0.814.
   config.align.num_steps = 100
-  config.unet_fit.num_steps = 800
   config.video_finetune.num_steps = 120
   config.cotrain.num_steps = 200
   config.ablations = ml_collections.ConfigDict({
