@@ -9,7 +9,7 @@ from brainjax.config import ConfigError
 from brainjax.models import mbm
 from brainjax.train import sharding as shd
 from brainjax.train.optim import make_optimizer, optim_config
-from brainjax.train.state import create_train_state, make_train_step
+from brainjax.train.state import create_train_state, make_train_step, plan_train_state
 
 RULES = shd.DEFAULT_LOGICAL_AXIS_RULES
 
@@ -117,3 +117,56 @@ def test_trainable_subset_trains_only_the_matching_params_sharded():
   n_params = len(jax.tree.leaves(state.params))
   n_moments = len(jax.tree.leaves(state.opt_state)) - 2  # minus step counters
   assert n_moments < 2 * n_params
+
+
+def test_state_around_given_params_equals_init_then_overlay_and_never_runs_the_init():
+  """init(params): the same sharded state as the random init with every parameter replaced, built without
+  calling the model's init (what video_finetune and cotrain do with their loaded UNet), the dtypes cast to the
+  model's; params that do not fit the model are refused by name."""
+  model = _model()
+  mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, jax.devices())
+  calls = []
+
+  def init_variables(rng):
+    calls.append(1)  # traced: once by eval_shape per plan, once more if the random init is built
+    return model.init({"params": rng}, jnp.zeros((1, 256)), rng)
+
+  optim = optim_config(lr=1e-3, warmup_steps=1, trainable=(r"^decoder",))
+  plan = lambda: plan_train_state(init_variables, lambda p: make_optimizer(optim, 10, p),  # noqa: E731
+                                  jax.random.PRNGKey(0), mesh, RULES)
+  init, _, shardings, _ = plan()
+  reference = init()
+  given = jax.tree.map(lambda x: np.asarray(x, np.float64) + 1.0, jax.device_get(reference.params))
+  init, abstract, _, _ = plan()
+  traced = len(calls)
+  state = init(given)
+  assert len(calls) == traced  # the model's init was not traced (so not compiled or run) again
+  for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(given)):
+    assert a.dtype == np.float32
+    np.testing.assert_allclose(a, b, rtol=1e-7)
+  expect = reference.replace(params=jax.device_put(jax.tree.map(lambda x: x.astype(np.float32), given),
+                                                   shardings.params))
+  assert int(state.step) == 0 and np.array_equal(state.rng, expect.rng)
+  assert jax.tree.structure(state.opt_state) == jax.tree.structure(reference.opt_state)
+  for leaf, sharding in zip(jax.tree.leaves(state.params), jax.tree.leaves(shardings.params)):
+    assert leaf.sharding == sharding
+  # The same training step from either state gives the same parameters.
+  def loss_fn(params, model_state, batch, rng):
+    return model.apply({"params": params}, batch["fmri"], rng)["loss"], ({}, model_state)
+  tx = make_optimizer(optim, 10, abstract.params)
+  batch_sharding = shd.batch_sharding(mesh, RULES)
+  step = make_train_step(loss_fn, tx, shardings, {"fmri": batch_sharding}, mesh, RULES)
+  data = shd.global_batch({"fmri": np.ones((16, 256), np.float32)}, batch_sharding)
+  for a, b in zip(jax.tree.leaves(jax.device_get(step(state, data)[0].params)),
+                  jax.tree.leaves(jax.device_get(step(expect, data)[0].params))):
+    np.testing.assert_array_equal(a, b)
+
+  from brainjax.convert.mapping import flatten, unflatten
+  flat = flatten(given)
+  key = "encoder/block_0/attn/qkv/kernel"
+  with pytest.raises(ValueError, match=r"1 missing \(e\.g\. \['encoder/block_0/attn/qkv/kernel'\]\)"):
+    init(unflatten({k: v for k, v in flat.items() if k != key}))
+  with pytest.raises(ValueError, match=r"wrong shape, e\.g\. encoder/block_0/attn/qkv/kernel \(64, 191\) \(the model's: \(64, 192\)\)"):
+    init(unflatten({**flat, key: flat[key][:, :191]}))
+  with pytest.raises(ValueError, match=r"1 unexpected \(e\.g\. \['extra/kernel'\]\)"):
+    init(unflatten({**flat, "extra/kernel": np.zeros(2)}))

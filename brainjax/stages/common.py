@@ -48,10 +48,10 @@ from brainjax.models import params as params_lib
 from brainjax.stages import REGISTRY, StageContext, stage_source
 from brainjax.train import sharding as shd
 from brainjax.train.checkpoint import Checkpointer
-from brainjax.train.loop import StopSignal, restore_or_init, run_train_loop
+from brainjax.train.loop import StopSignal, restore_latest, run_train_loop
 from brainjax.train.metric_writer import create_writer
 from brainjax.train.optim import make_optimizer
-from brainjax.train.state import TrainState, create_train_state, make_train_step
+from brainjax.train.state import TrainState, make_train_step, plan_train_state
 
 
 def stage_data_config(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
@@ -320,25 +320,32 @@ def train(
     iterator,
     batch_keys: tuple[str, ...],
     initial_params: Callable[[Any], Any] | None = None,
+    params: Any = None,
 ) -> TrainState:
   """Builds the sharded state, resumes if possible, and runs the loop to `num_steps`.
 
-  `initial_params(params) -> params` replaces freshly initialised parameters
-  (e.g. with an earlier stage's weights) before the first step; a resumed run
-  takes everything from its checkpoint instead.
+  Training starts from `params` when given (every parameter, e.g. an earlier
+  stage's weights: the model's random init is then never run), else from the
+  random init, to which `initial_params(params) -> params` may apply changes
+  (e.g. overlay an encoder on a fresh head). A resumed run takes everything
+  from its checkpoint instead.
   """
+  if params is not None and initial_params is not None:
+    raise ValueError("give train() either the complete `params` or an `initial_params` overlay, not both")
   stage = ctx.config[ctx.name]
   rules = shd.rules_from_config(ctx.config.logical_axis_rules)
-  state, shardings, tx = create_train_state(
-      init_variables, lambda params: make_optimizer(stage.optim, stage.num_steps, params),
+  init, abstract, shardings, tx = plan_train_state(
+      init_variables, lambda p: make_optimizer(stage.optim, stage.num_steps, p),
       jax.random.PRNGKey(ctx.config.seed), ctx.mesh, rules)
   batch_sharding = shd.batch_sharding(ctx.mesh, rules)
   step_fn = make_train_step(loss_fn, tx, shardings, {k: batch_sharding for k in batch_keys}, ctx.mesh, rules)
   checkpointer = Checkpointer(ctx.stage_dir / "checkpoints", every_steps=stage.checkpoint_every_steps,
                               keep=stage.keep_checkpoints)
-  if initial_params is not None:
-    state = state.replace(params=jax.device_put(initial_params(jax.device_get(state.params)), shardings.params))
-  state = restore_or_init(state, shardings, checkpointer, iterator)
+  state = restore_latest(abstract, checkpointer, iterator)
+  if state is None:
+    state = init(params)
+    if initial_params is not None:
+      state = state.replace(params=jax.device_put(initial_params(jax.device_get(state.params)), shardings.params))
   writer = create_writer(ctx.stage_dir / "metrics")
   writer.write_hparams(stage.to_dict())
   try:

@@ -161,7 +161,7 @@ def run(ctx: StageContext) -> dict:
     return encoder.apply({"params": params}, fmri, **kw)["condition"]
 
   def init_variables(rng):
-    # Shapes and shardings only: both parts then start from their stages' params (initial_params below).
+    # Shapes and shardings only (never run): both parts start from their stages' params (params= below).
     fmri_rng, unet_rng = jax.random.split(rng)
     fmri = jnp.zeros((1, meta["window"], meta["num_voxels"]))
     fmri_vars = encoder.init({"params": fmri_rng, "dropout": fmri_rng}, fmri,
@@ -183,7 +183,7 @@ def run(ctx: StageContext) -> dict:
   iterator = pipeline.make_iterator(source, batch_size=stage.batch_size, seed=ctx.config.seed, transform=transform)
   state = common.train(ctx, init_variables=init_variables, loss_fn=loss_fn, iterator=iterator,
                        batch_keys=("fmri", "subject", "mean", "std"),
-                       initial_params=lambda _: {"fmri": encoder_params, "unet": unet_params})
+                       params={"fmri": encoder_params, "unet": unet_params})
   params = jax.device_get(state.params)
   common.save_params(ctx.stage_dir, params["fmri"], dict(meta, trained_by="cotrain"))
   if jax.process_index() == 0:

@@ -191,7 +191,7 @@ def run(ctx: StageContext) -> dict:
                                     seed=ctx.config.seed)
   state = common.train(ctx, init_variables=init_variables, loss_fn=loss_fn, iterator=iterator,
                        batch_keys=("mean", "std", "cond"),
-                       initial_params=None if loaded is None else (lambda _: loaded))
+                       params=loaded)
   params = jax.device_get(state.params)
   if jax.process_index() == 0:
     vu.save_video_unet(ctx.stage_dir / "unet", module, params)

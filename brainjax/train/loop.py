@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from brainjax.train.checkpoint import Checkpointer
-from brainjax.train.state import TrainState, abstract_state
+from brainjax.train.state import TrainState
 
 
 class Preempted(Exception):
@@ -114,14 +114,16 @@ def _mean_metrics(history: list[Mapping[str, Any]]) -> dict[str, float]:
   return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
 
 
-def restore_or_init(state: TrainState, state_shardings: TrainState, checkpointer: Checkpointer,
-                    data_iterator) -> TrainState:
-  """Continues from the newest checkpoint if there is one (data iterator included)."""
+def restore_latest(abstract: TrainState, checkpointer: Checkpointer, data_iterator) -> TrainState | None:
+  """The newest checkpoint's state (data iterator included) laid out as `abstract` says; None if there is none.
+
+  Only shapes and shardings are needed, so a resumed run never builds a fresh state first.
+  """
   step = checkpointer.latest_step()
   if step is None:
-    return state
+    return None
   logging.info("resuming from %s/%d", checkpointer.directory, step)
-  return checkpointer.restore(step, abstract_state(state_shardings, state), data_iterator)
+  return checkpointer.restore(step, abstract, data_iterator)
 
 
 def run_train_loop(
@@ -142,7 +144,7 @@ def run_train_loop(
   """Runs `train_step` from `state.step` to `num_steps`.
 
   `data_iterator` must be the checkpointable Grain iterator whose state was
-  restored together with `state` (see `restore_or_init`).
+  restored together with `state` (see `restore_latest`).
   """
   step = int(jax.device_get(state.step))
   progress = ProgressReport(num_steps, writer, every_s=progress_every_s, name=name)

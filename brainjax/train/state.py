@@ -22,6 +22,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 
 from brainjax.train import sharding as shd
+from brainjax.train.optim import param_path
 
 # loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))
 LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, tuple[dict, Any]]]
@@ -55,8 +56,9 @@ def plan_train_state(
       possibly boxed with logical partitioning metadata.
     make_tx: abstract params -> optimizer (needs paths for trainable masks).
   Returns:
-    (init, abstract_state, state_shardings, tx): `init(rng)` builds the real
-    state; `abstract_state` holds ShapeDtypeStructs with their shardings (what
+    (init, abstract_state, state_shardings, tx): `init()` builds the real
+    state from the model's random init, `init(params)` around given
+    parameters (step 0, a fresh optimizer state); `abstract_state` holds ShapeDtypeStructs with their shardings (what
     ahead-of-time compilation and checkpoint restores need).
   """
   init_rng, state_rng = jax.random.split(rng)
@@ -86,7 +88,42 @@ def plan_train_state(
                       model_state=model_state, rng=state_rng)
 
   abstract = abstract_state(state_shardings, jax.eval_shape(init, init_rng))
-  return (lambda: jax.jit(init, out_shardings=state_shardings)(init_rng)), abstract, state_shardings, tx
+
+  def from_params(params):
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), model_state={},
+                      rng=state_rng)
+
+  def build(params: Any = None) -> TrainState:
+    if params is None:
+      return jax.jit(init, out_shardings=state_shardings)(init_rng)
+    # Given parameters (an earlier stage's, a checkpoint's): the model's random init is never compiled or
+    # run, which on a CPU saves its compile (10-15 s for a UNet) and on a pod a full-size random copy.
+    if jax.tree.leaves(abstract.model_state):
+      raise ValueError("this model has non-parameter collections (e.g. BatchNorm statistics); give them too, or "
+                       "start from its init and overlay the parameters.")
+    params = jax.device_put(conform_params(params, abstract.params), state_shardings.params)
+    return jax.jit(from_params, out_shardings=state_shardings)(params)
+
+  return build, abstract, state_shardings, tx
+
+
+def conform_params(params: Any, abstract_params: Any) -> Any:
+  """`params` checked against the model's parameter tree (same paths and shapes) and cast to its dtypes."""
+  want = {param_path(p): x for p, x in jax.tree_util.tree_leaves_with_path(abstract_params)}
+  have = {param_path(p): x for p, x in jax.tree_util.tree_leaves_with_path(params)}
+  missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+  if missing or extra:
+    raise ValueError(f"the given parameters do not fit the model: {len(missing)} missing (e.g. {missing[:3]}), "
+                     f"{len(extra)} unexpected (e.g. {extra[:3]}); were they saved for another model config?")
+  wrong = [f"{k} {tuple(have[k].shape)} (the model's: {tuple(want[k].shape)})"
+           for k in want if tuple(have[k].shape) != tuple(want[k].shape)]
+  if wrong:
+    raise ValueError(f"{len(wrong)} given parameter(s) have the wrong shape, e.g. {'; '.join(wrong[:3])}; were they saved "
+                     "for another model config?")
+  # astype keeps a device array where it is (no gather onto one device); numpy stays on the host.
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: have[param_path(p)] if have[param_path(p)].dtype == x.dtype else have[param_path(p)].astype(x.dtype),
+      abstract_params)
 
 
 def create_train_state(
