@@ -166,7 +166,22 @@ def test_state_around_given_params_equals_init_then_overlay_and_never_runs_the_i
   key = "encoder/block_0/attn/qkv/kernel"
   with pytest.raises(ValueError, match=r"1 missing \(e\.g\. \['encoder/block_0/attn/qkv/kernel'\]\)"):
     init(unflatten({k: v for k, v in flat.items() if k != key}))
-  with pytest.raises(ValueError, match=r"wrong shape, e\.g\. encoder/block_0/attn/qkv/kernel \(64, 191\) \(the model's: \(64, 192\)\)"):
+  with pytest.raises(ValueError, match=r"wrong shape, e\.g\. encoder/block_0/attn/qkv/kernel \(64, 191\) "
+                                       r"\(the model's: \(64, 192\)\)"):
     init(unflatten({**flat, key: flat[key][:, :191]}))
   with pytest.raises(ValueError, match=r"1 unexpected \(e\.g\. \['extra/kernel'\]\)"):
     init(unflatten({**flat, "extra/kernel": np.zeros(2)}))
+
+
+def test_given_params_are_refused_for_a_model_with_other_collections():
+  """A model with BatchNorm-style statistics cannot start from parameters alone: the error says what to do."""
+  mesh = shd.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+
+  def init_variables(rng):
+    return {"params": {"w": jax.random.normal(rng, (3,))}, "batch_stats": {"mean": jnp.zeros(3)}}
+
+  init, _, _, _ = plan_train_state(init_variables, lambda p: make_optimizer(optim_config(), 10, p),
+                                   jax.random.PRNGKey(0), mesh, RULES)
+  assert init().model_state["batch_stats"]["mean"].shape == (3,)
+  with pytest.raises(ValueError, match="non-parameter collections .* give them too"):
+    init({"w": np.ones(3, np.float32)})

@@ -58,8 +58,9 @@ def plan_train_state(
   Returns:
     (init, abstract_state, state_shardings, tx): `init()` builds the real
     state from the model's random init, `init(params)` around given
-    parameters (step 0, a fresh optimizer state); `abstract_state` holds ShapeDtypeStructs with their shardings (what
-    ahead-of-time compilation and checkpoint restores need).
+    parameters (step 0, a fresh optimizer state); `abstract_state` holds
+    ShapeDtypeStructs with their shardings (what ahead-of-time compilation
+    and checkpoint restores need).
   """
   init_rng, state_rng = jax.random.split(rng)
   with nn.logical_axis_rules(rules):
@@ -80,18 +81,16 @@ def plan_train_state(
   state_shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
                                model_state=model_state_shardings, rng=replicated)
 
-  def init(rng_init):
-    with nn.logical_axis_rules(rules):
-      variables = nn.meta.unbox(init_variables(rng_init))
-    params, model_state = _split_variables(variables)
+  def from_params(params, model_state):
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       model_state=model_state, rng=state_rng)
 
-  abstract = abstract_state(state_shardings, jax.eval_shape(init, init_rng))
+  def init(rng_init):
+    with nn.logical_axis_rules(rules):
+      variables = nn.meta.unbox(init_variables(rng_init))
+    return from_params(*_split_variables(variables))
 
-  def from_params(params):
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), model_state={},
-                      rng=state_rng)
+  abstract = abstract_state(state_shardings, jax.eval_shape(init, init_rng))
 
   def build(params: Any = None) -> TrainState:
     if params is None:
@@ -102,7 +101,7 @@ def plan_train_state(
       raise ValueError("this model has non-parameter collections (e.g. BatchNorm statistics); give them too, or "
                        "start from its init and overlay the parameters.")
     params = jax.device_put(conform_params(params, abstract.params), state_shardings.params)
-    return jax.jit(from_params, out_shardings=state_shardings)(params)
+    return jax.jit(lambda p: from_params(p, {}), out_shardings=state_shardings)(params)
 
   return build, abstract, state_shardings, tx
 
@@ -118,12 +117,14 @@ def conform_params(params: Any, abstract_params: Any) -> Any:
   wrong = [f"{k} {tuple(have[k].shape)} (the model's: {tuple(want[k].shape)})"
            for k in want if tuple(have[k].shape) != tuple(want[k].shape)]
   if wrong:
-    raise ValueError(f"{len(wrong)} given parameter(s) have the wrong shape, e.g. {'; '.join(wrong[:3])}; were they saved "
-                     "for another model config?")
-  # astype keeps a device array where it is (no gather onto one device); numpy stays on the host.
-  return jax.tree_util.tree_map_with_path(
-      lambda p, x: have[param_path(p)] if have[param_path(p)].dtype == x.dtype else have[param_path(p)].astype(x.dtype),
-      abstract_params)
+    raise ValueError(f"{len(wrong)} given parameter(s) have the wrong shape, e.g. {'; '.join(wrong[:3])}; "
+                     "were they saved for another model config?")
+
+  def cast(path, like):  # astype keeps a device array where it is (no gather onto one device)
+    x = have[param_path(path)]
+    return x if x.dtype == like.dtype else x.astype(like.dtype)
+
+  return jax.tree_util.tree_map_with_path(cast, abstract_params)
 
 
 def create_train_state(
