@@ -60,6 +60,8 @@ from typing import Any
 
 import numpy as np
 
+from brainjax.models import params as params_lib
+
 Array = np.ndarray
 
 _PLACEHOLDER = re.compile(r"\{(\w+)(?::([^{}]+))?\}")
@@ -271,8 +273,7 @@ class Table:
   def _check_against(out: Mapping[str, Array], expected: Mapping[str, Any], claimed_by: Mapping[str, str],
                      origin: str) -> list[str]:
     problems = []
-    missing = set(expected) - set(out)
-    extra = set(out) - set(expected)
+    missing, extra, mismatched = params_lib.mismatches(out, expected)
     if missing:
       problems.append(f"{len(missing)} Flax param(s) were not filled from {origin} (missing from the checkpoint, "
                       f"or the config does not match the weights):" + _listing(missing))
@@ -280,7 +281,7 @@ class Table:
       problems.append(f"{len(extra)} key(s) of {origin} map to params the Flax model does not have "
                       f"(config mismatch?):" + _listing(f"{claimed_by[p]} -> {p}" for p in extra))
     wrong = [f"{claimed_by[p]} -> {p}: got {tuple(out[p].shape)}, the model expects {tuple(expected[p].shape)}"
-             for p in set(out) & set(expected) if tuple(out[p].shape) != tuple(expected[p].shape)]
+             for p in mismatched]
     if wrong:
       problems.append(f"{len(wrong)} shape mismatch(es) between {origin} and the Flax model (after the "
                       f"layout transform):" + _listing(wrong))

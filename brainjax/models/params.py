@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -19,3 +20,11 @@ def overlay(target: Any, source: Any, *, hint: str = "the two model configs diff
                        f"{tuple(target.shape)} in the model; {hint}.")
     return source
   return {k: overlay(v, source[k], hint=hint, path=path + (k,)) if k in source else v for k, v in target.items()}
+
+
+def mismatches(have: Mapping[str, Any], want: Mapping[str, Any]) -> tuple[list[str], list[str], list[str]]:
+  """Between flat {path: array} dicts: (paths missing from `have`, paths `want` lacks, shared paths whose
+  shapes differ), each sorted."""
+  missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+  wrong = sorted(p for p in set(have) & set(want) if tuple(have[p].shape) != tuple(want[p].shape))
+  return missing, extra, wrong

@@ -21,6 +21,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding
 
+from brainjax.models import params as params_lib
 from brainjax.train import sharding as shd
 from brainjax.train.optim import param_path
 
@@ -110,12 +111,11 @@ def conform_params(params: Any, abstract_params: Any) -> Any:
   """`params` checked against the model's parameter tree (same paths and shapes) and cast to its dtypes."""
   want = {param_path(p): x for p, x in jax.tree_util.tree_leaves_with_path(abstract_params)}
   have = {param_path(p): x for p, x in jax.tree_util.tree_leaves_with_path(params)}
-  missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+  missing, extra, mismatched = params_lib.mismatches(have, want)
   if missing or extra:
     raise ValueError(f"the given parameters do not fit the model: {len(missing)} missing (e.g. {missing[:3]}), "
                      f"{len(extra)} unexpected (e.g. {extra[:3]}); were they saved for another model config?")
-  wrong = [f"{k} {tuple(have[k].shape)} (the model's: {tuple(want[k].shape)})"
-           for k in want if tuple(have[k].shape) != tuple(want[k].shape)]
+  wrong = [f"{k} {tuple(have[k].shape)} (the model's: {tuple(want[k].shape)})" for k in mismatched]
   if wrong:
     raise ValueError(f"{len(wrong)} given parameter(s) have the wrong shape, e.g. {'; '.join(wrong[:3])}; "
                      "were they saved for another model config?")
