@@ -8,7 +8,7 @@ import pytest
 from brainjax.config import ConfigError
 from brainjax.models import mbm
 from brainjax.train import sharding as shd
-from brainjax.train.optim import make_optimizer, optim_config
+from brainjax.train.optim import make_optimizer, optim_config, trainable_mask
 from brainjax.train.state import create_train_state, make_train_step, plan_train_state
 
 RULES = shd.DEFAULT_LOGICAL_AXIS_RULES
@@ -117,6 +117,43 @@ def test_trainable_subset_trains_only_the_matching_params_sharded():
   n_params = len(jax.tree.leaves(state.params))
   n_moments = len(jax.tree.leaves(state.opt_state)) - 2  # minus step counters
   assert n_moments < 2 * n_params
+
+
+def test_frozen_params_get_no_weight_gradients_and_the_trained_ones_step_as_before():
+  """With `trainable` given, the step skips the frozen weights' gradients (fewer FLOPs); same update otherwise."""
+  model = _model()
+  mesh = shd.make_mesh({"data": 2, "fsdp": 4, "tensor": 1}, jax.devices())
+
+  def init_variables(rng):
+    return model.init({"params": rng}, jnp.zeros((1, 256)), rng)
+
+  def loss_fn(params, model_state, batch, rng):
+    return model.apply({"params": params}, batch["fmri"], rng)["loss"], ({}, model_state)
+
+  patterns = [r"^decoder_pred", r"block_0/attn/"]  # the encoder's block 1 and the decoder's body are frozen
+  optim = optim_config(lr=1e-2, warmup_steps=1, trainable=tuple(patterns))
+  init, abstract, shardings, tx = plan_train_state(init_variables, lambda p: make_optimizer(optim, 10, p),
+                                                   jax.random.PRNGKey(0), mesh, RULES)
+  batch_sharding = shd.batch_sharding(mesh, RULES)
+  batch = shd.global_batch({"fmri": np.random.default_rng(0).standard_normal((16, 256)).astype(np.float32)},
+                           batch_sharding)
+  steps = {name: make_train_step(loss_fn, tx, shardings, {"fmri": batch_sharding}, mesh, RULES, trainable=mask)
+           for name, mask in (("all", None), ("subset", trainable_mask(abstract.params, patterns)))}
+  flops = {name: step.lower(abstract, batch).compile().cost_analysis()["flops"] for name, step in steps.items()}
+  # The frozen encoder block's and decoder blocks' weight gradients (matmuls) are gone.
+  assert flops["subset"] < 0.9 * flops["all"], flops
+  out = {}
+  for name, step in steps.items():
+    state = init()
+    for _ in range(2):  # the warm-up's first step has lr 0
+      state, metrics = step(state, batch)
+    out[name] = (jax.device_get(state.params), float(metrics["grad_norm"]))
+  from brainjax.convert.mapping import flatten
+  all_params, subset_params = flatten(out["all"][0]), flatten(out["subset"][0])
+  for key, value in all_params.items():
+    np.testing.assert_allclose(subset_params[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
+  # grad_norm is the trained params' norm now, smaller than the norm over every gradient.
+  assert 0 < out["subset"][1] < out["all"][1]
 
 
 def test_state_around_given_params_equals_init_then_overlay_and_never_runs_the_init():

@@ -50,7 +50,7 @@ from brainjax.train import sharding as shd
 from brainjax.train.checkpoint import Checkpointer
 from brainjax.train.loop import StopSignal, restore_latest, run_train_loop
 from brainjax.train.metric_writer import create_writer
-from brainjax.train.optim import make_optimizer
+from brainjax.train.optim import make_optimizer, trainable_mask
 from brainjax.train.state import TrainState, make_train_step, plan_train_state
 
 
@@ -338,7 +338,8 @@ def train(
       init_variables, lambda p: make_optimizer(stage.optim, stage.num_steps, p),
       jax.random.PRNGKey(ctx.config.seed), ctx.mesh, rules)
   batch_sharding = shd.batch_sharding(ctx.mesh, rules)
-  step_fn = make_train_step(loss_fn, tx, shardings, {k: batch_sharding for k in batch_keys}, ctx.mesh, rules)
+  step_fn = make_train_step(loss_fn, tx, shardings, {k: batch_sharding for k in batch_keys}, ctx.mesh, rules,
+                            trainable=trainable_mask(abstract.params, list(stage.optim.get("trainable", ()))))
   checkpointer = Checkpointer(ctx.stage_dir / "checkpoints", every_steps=stage.checkpoint_every_steps,
                               keep=stage.keep_checkpoints)
   state = restore_latest(abstract, checkpointer, iterator)

@@ -42,6 +42,11 @@ def trainable_labels(params: Any, patterns: Sequence[str]) -> Any:
   return labels
 
 
+def trainable_mask(params: Any, patterns: Sequence[str]) -> Any:
+  """True for the params `trainable_labels` trains: what `make_train_step` differentiates."""
+  return jax.tree.map(lambda label: label == "train", trainable_labels(params, patterns))
+
+
 def make_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
   warmup = int(optim.get("warmup_steps", 0))
   if warmup >= total_steps and optim.schedule != "constant":

@@ -151,14 +151,28 @@ def make_train_step(
     batch_shardings: Any,
     mesh: Mesh,
     rules: Sequence[tuple[str, Any]],
+    trainable: Any = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """One jitted step: grads, update, metrics. The input state is donated."""
+  """One jitted step: grads, update, metrics. The input state is donated.
+
+  `trainable` (a tree of bools like the params, e.g. `optim.trainable_mask`;
+  None: all) marks what the optimizer trains. The others are differentiated
+  as constants: their weight gradients are never computed (MinD-Video's
+  fine-tuning freezes 84 % of SD's UNet, whose weight-gradient matmuls would
+  otherwise be a third of the backward), and `grad_norm` is the trained ones'.
+  """
+
+  def differentiable(params):
+    if trainable is None:
+      return params
+    return jax.tree.map(lambda p, train: p if train else jax.lax.stop_gradient(p), params, trainable)
 
   def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
     with nn.logical_axis_rules(rules):
-      (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          state.params, state.model_state, batch, rng)
+      (loss, (metrics, model_state)), grads = jax.value_and_grad(
+          lambda params, *args: loss_fn(differentiable(params), *args), has_aux=True)(
+              state.params, state.model_state, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
