@@ -26,6 +26,8 @@ def add_model_args(p: argparse.ArgumentParser, *, batch: int = 1, latent: int = 
   p.add_argument("--latent", type=int, default=latent, help="latent height = width (zeroscope: 40 x 72)")
   p.add_argument("--context_len", type=int, default=77)
   p.add_argument("--batch", type=int, default=batch)
+  p.add_argument("--attention_query_chunk", type=int, default=0,
+                 help="brainjax only: spatial attention queries per chunk (unet.query_chunked_attention); 0: all")
 
 
 def diffusers_kwargs(args: argparse.Namespace) -> dict:
@@ -41,7 +43,9 @@ def describe(args: argparse.Namespace, num_params: int) -> str:
   return (f"UNet3DConditionModel (zeroscope's blocks): block_out_channels {kw['block_out_channels']}, "
           f"{args.layers} layers per block, heads {args.head_dim} wide, cross-attention {args.cross_dim}; "
           f"{num_params / 1e6:.1f} M params; latents [{args.batch}, {args.frames}, {args.latent}, {args.latent}, 4], "
-          f"condition [{args.batch}, {args.context_len}, {args.cross_dim}]")
+          f"condition [{args.batch}, {args.context_len}, {args.cross_dim}]"
+          + (f"; brainjax attention queries in chunks of {args.attention_query_chunk}"
+             if getattr(args, "attention_query_chunk", 0) else ""))
 
 
 def make_pair(args: argparse.Namespace, seed: int = 0):
@@ -50,7 +54,7 @@ def make_pair(args: argparse.Namespace, seed: int = 0):
   from diffusers import UNet3DConditionModel
   from diffusers.utils import logging as diffusers_logging
 
-  from brainjax.models import unet3d
+  from brainjax.models import unet, unet3d
 
   diffusers_logging.set_verbosity_error()
   torch.manual_seed(seed)
@@ -62,7 +66,8 @@ def make_pair(args: argparse.Namespace, seed: int = 0):
         p.copy_(torch.randn_like(p) * (0.1 / np.sqrt(fan_in) if p.ndim > 1 else 0.01))
   with tempfile.TemporaryDirectory() as directory:
     model.save_pretrained(directory)
-    module, params = unet3d.load_unet3d(directory)
+    module, params = unet3d.load_unet3d(
+        directory, parts=unet.UNetParts(attention_query_chunk=getattr(args, "attention_query_chunk", 0)))
   return model, module, params
 
 

@@ -58,7 +58,7 @@ VAE_FACTOR = 8  # SD's and Zeroscope's VAE: latents are pixels / 8, 4 channels
 def _define_flags() -> None:
   """Command-line flags; defined only when run as a program, so importing this module is side-effect free."""
   global _CONFIG, _STAGE, _MODEL, _NUM_VOXELS, _CLIP_DIM, _FRAMES, _NUM_DEVICES, _TOPOLOGY
-  global _BATCH, _VIDEO_FRAMES, _HEIGHT, _WIDTH, _CONTEXT_LEN, _REMAT, _BF16, _TRAINABLE, _UNET_CONFIG
+  global _BATCH, _VIDEO_FRAMES, _HEIGHT, _WIDTH, _CONTEXT_LEN, _REMAT, _BF16, _TRAINABLE, _UNET_CONFIG, _QUERY_CHUNK
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/mindvideo.py:paper.")
   _STAGE = flags.DEFINE_enum("stage", None, ["mbm_pretrain", "align"], "Training stage to plan.")
   _MODEL = flags.DEFINE_enum("model", None, list(UNET_MODELS), "Video UNet fine-tuning step to plan.")
@@ -73,6 +73,8 @@ def _define_flags() -> None:
   _WIDTH = flags.DEFINE_integer("width", None, "Frame width in pixels (--model; default 256 / 576).")
   _CONTEXT_LEN = flags.DEFINE_integer("context_len", 77, "Condition tokens per clip (--model).")
   _REMAT = flags.DEFINE_bool("remat", False, "Recompute resnet / transformer activations in the backward (--model).")
+  _QUERY_CHUNK = flags.DEFINE_integer("attention_query_chunk", 0, "Spatial attention queries per chunk; 0: all at "
+                                      "once (--model; see unet.query_chunked_attention).")
   _BF16 = flags.DEFINE_bool("bf16", False, "bfloat16 compute with float32 params and optimizer state (--model).")
   _TRAINABLE = flags.DEFINE_string("trainable", None, "Regex of the trained params, or 'all' (--model; default: "
                                    "the paper's subset for mindvideo_unet, all for zeroscope_unet).")
@@ -149,12 +151,14 @@ def unet_optim(trainable: Sequence[str] = ()):
 
 def unet_model_and_loss(model: str, *, batch_size: int, frames: int | None = None, height: int | None = None,
                         width: int | None = None, context_len: int = 77, remat: bool = False, bf16: bool = False,
-                        trainable: str | None = None, unet_config: Mapping[str, Any] | None = None):
+                        trainable: str | None = None, unet_config: Mapping[str, Any] | None = None,
+                        attention_query_chunk: int = 0):
   """(module, init_variables, loss_fn, batch ShapeDtypeStructs, trainable regexes) of a video UNet's train step.
 
   The loss is brainjax.diffusion.diffusion_loss (epsilon prediction, SD's scaled-linear betas) of
   the UNet on latents [batch, frames, height / 8, width / 8, 4] conditioned on
-  [batch, context_len, cross_attention_dim]. `unet_config` overrides UNet config fields.
+  [batch, context_len, cross_attention_dim]. `unet_config` overrides UNet config fields;
+  `attention_query_chunk` > 0 runs the spatial attentions' queries in chunks of that many.
   """
   import jax
   import jax.numpy as jnp
@@ -171,11 +175,13 @@ def unet_model_and_loss(model: str, *, batch_size: int, frames: int | None = Non
     # SD 1.5's unet/config.json: diffusers' defaults except cross_attention_dim 768 (CLIP ViT-L/14).
     config = unet.UNetConfig.from_dict({**unet.UNetConfig(sample_size=64, cross_attention_dim=768).to_dict(),
                                         **dict(unet_config or {})})
-    module = video_unet.VideoUNet(config, video_unet.video_spec("mindvideo"), **kw)
+    module = video_unet.VideoUNet(config, video_unet.video_spec("mindvideo"),
+                                  attention_query_chunk=attention_query_chunk, **kw)
     default_trainable = video_unet.trainable_pattern("mindvideo")
   else:
     config = unet3d.UNet3DConfig.from_dict({**unet3d.zeroscope_config().to_dict(), **dict(unet_config or {})})
-    module = unet3d.UNet3DConditionModel(config, **kw)
+    module = unet3d.UNet3DConditionModel(config, parts=unet.UNetParts(attention_query_chunk=attention_query_chunk),
+                                         **kw)
     default_trainable = "all"
   trainable = trainable or default_trainable
   patterns = () if trainable == "all" else (trainable,)
@@ -203,7 +209,7 @@ def unet_model_and_loss(model: str, *, batch_size: int, frames: int | None = Non
 def plan_unet(config, model: str, devices, *, batch_size: int = 8, frames: int | None = None,
               height: int | None = None, width: int | None = None, context_len: int = 77, remat: bool = False,
               bf16: bool = False, trainable: str | None = None, unet_config: Mapping[str, Any] | None = None,
-              num_steps: int = 10_000) -> dict:
+              num_steps: int = 10_000, attention_query_chunk: int = 0) -> dict:
   """Compiles a video UNet's sharded fine-tuning step (diffusion loss, backward, AdamW) for `devices`.
 
   `config` supplies the mesh and the logical-axis rules, and for mindvideo_unet the optimizer of its
@@ -215,7 +221,8 @@ def plan_unet(config, model: str, devices, *, batch_size: int = 8, frames: int |
 
   _, init_variables, loss_fn, batch, patterns = unet_model_and_loss(
       model, batch_size=batch_size, frames=frames, height=height, width=width, context_len=context_len,
-      remat=remat, bf16=bf16, trainable=trainable, unet_config=unet_config)
+      remat=remat, bf16=bf16, trainable=trainable, unet_config=unet_config,
+      attention_query_chunk=attention_query_chunk)
   stage = config.get("video_finetune") if model == "mindvideo_unet" else None
   if stage is not None:  # the recipe's fine-tuning optimizer, with the trainable set asked for here
     optim = ml_collections.ConfigDict(stage.optim.to_dict())
@@ -224,8 +231,15 @@ def plan_unet(config, model: str, devices, *, batch_size: int = 8, frames: int |
     optim = unet_optim(patterns)
   result = _compile_step(config, devices, init_variables, loss_fn, batch,
                          lambda p: make_optimizer(optim, num_steps, p), patterns)
+  if attention_query_chunk:
+    # XLA's cost analysis counts a loop's body once, and the chunked attention is a loop over the chunks:
+    # its figure would leave out most of the attention. The step's FLOPs are those of the run without
+    # chunking plus the attention forward that each chunk recomputes in the backward pass.
+    result.update(flops_per_step=None, flops_per_step_per_device=None,
+                  flops_note="not counted with --attention_query_chunk (XLA counts a loop body once); run without "
+                             "it for the FLOPs")
   return {"model": model, "latents": list(batch["latents"].shape), "cond": list(batch["cond"].shape),
-          "trainable": list(patterns) or "all", "remat": remat, "compute_dtype": "bfloat16" if bf16 else "float32",
+          "trainable": list(patterns) or "all", "remat": remat, "attention_query_chunk": attention_query_chunk, "compute_dtype": "bfloat16" if bf16 else "float32",
           **result}
 
 
@@ -242,7 +256,7 @@ def main(argv) -> None:
   if _MODEL.value:
     result = plan_unet(_CONFIG.value, _MODEL.value, _devices(), batch_size=_BATCH.value, frames=_VIDEO_FRAMES.value,
                        height=_HEIGHT.value, width=_WIDTH.value, context_len=_CONTEXT_LEN.value, remat=_REMAT.value,
-                       bf16=_BF16.value, trainable=_TRAINABLE.value,
+                       bf16=_BF16.value, trainable=_TRAINABLE.value, attention_query_chunk=_QUERY_CHUNK.value,
                        unet_config=json.loads(_UNET_CONFIG.value) if _UNET_CONFIG.value else None)
   else:
     result = plan(_CONFIG.value, _STAGE.value, _devices(), num_voxels=_NUM_VOXELS.value, clip_dim=_CLIP_DIM.value,

@@ -7,6 +7,7 @@ from brainjax import runner
 from brainjax.config import ConfigError
 from brainjax.config import select_preset
 from brainjax.models import video_unet
+from brainjax.stages import evaluate
 from tests import helpers
 
 
@@ -34,6 +35,11 @@ def test_neuralflix_is_mindvideo_with_augmentation_unet_variant_and_dependent_no
   # SD's 2-D layers stay frozen in the paper; the demo's from-scratch UNet trains every parameter
   assert list(flix.video_finetune.optim.trainable) == [video_unet.trainable_pattern("neuralflix")]
   assert list(_load("demo", "neuralflix").video_finetune.optim.trainable) == []
+  # The paper presets chunk SD's attention queries (scores of [8 heads, 1024, 2048] per frame at 32x32);
+  # evaluate inherits cotrain's setting.
+  for config in (mind, flix):
+    assert config.video_finetune.attention_query_chunk == config.cotrain.attention_query_chunk == 256
+    assert evaluate.settings(config).attention_query_chunk == 256
 
 
 def test_one_beta_knob_reaches_every_stage_also_through_ablation_overrides():
@@ -105,6 +111,9 @@ def test_paper_preset_names_the_real_datasets_and_asks_for_weights():
     ("align.head.dropout", 1.5, r"config.align.head.dropout = 1.5"),
     ("align.emb_reduction", "max", r"config.align.emb_reduction = 'max'"),
     ("clip_fit.vision.projection_dim", 32, r"projection_dim must be equal"),
+    ("video_finetune.attention_query_chunk", -1, r"config.video_finetune.attention_query_chunk = -1: must be a non"),
+    ("cotrain.attention_query_chunk", -3, r"config.cotrain.attention_query_chunk = -3: must be a non-negative"),
+    ("evaluate.attention_query_chunk", -2, r"config.evaluate.attention_query_chunk = -2: must be a non-negative"),
 ])
 def test_bad_values_name_the_field(path, value, message):
   config = _load("demo")

@@ -62,3 +62,15 @@ def test_zeroscope_plan_inputs_are_the_paper_model():
   params = jax.eval_shape(init_variables, jax.random.key(0))["params"]
   num_params = sum(x.size for x in jax.tree.leaves(nn.meta.unbox(params)))
   assert 1.40e9 < num_params < 1.42e9  # zeroscope_v2_576w's unet: 1.41 B
+
+
+def test_plan_with_chunked_attention_does_not_report_undercounted_flops():
+  """XLA counts a loop body once: with the chunked attention's loop the FLOPs would be too low; not reported."""
+  config = helpers.load_recipe("mindvideo", "paper")
+  with config.unlocked():
+    config.mesh.update(data=1, fsdp=-1)
+  out = plan.plan_unet(config, "mindvideo_unet", jax.devices(), batch_size=8, frames=2, height=32, width=32,
+                       context_len=8, unet_config=TINY_VIDEO_UNET, attention_query_chunk=8)
+  assert out["attention_query_chunk"] == 8
+  assert out["flops_per_step"] is None and "without it" in out["flops_note"]
+  assert out["per_device_bytes"]["temporaries"] > 0

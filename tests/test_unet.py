@@ -356,3 +356,55 @@ def test_remat_and_bf16(small):
   err, torch_err = _rel_err(ref, np.asarray(out, np.float32)), _rel_err(ref, torch16)
   print(f"\n  bf16 forward: max rel err {err:.2e} (diffusers in bf16: {torch_err:.2e})")
   assert err < 2 * torch_err
+
+
+@pytest.mark.parametrize("length,chunk,masked", [(37, 8, True), (64, 16, False)])
+def test_query_chunked_attention_equals_full_attention_forward_and_backward(length, chunk, masked):
+  """Chunks of queries (the last one padded) give the same outputs and the same q/k/v gradients."""
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in
+             ((3, length, 16), (3, 20, 16), (3, 20, 16)))
+  mask = jnp.asarray(rng.random((length, 20)) > 0.3) if masked else None
+
+  def value_and_grads(query_chunk):
+    loss = lambda q, k, v: jnp.sum(jnp.sin(unet.multi_head_attention(q, k, v, 4, mask=mask, query_chunk=query_chunk)))
+    return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+  ref, chunked = value_and_grads(0), value_and_grads(chunk)
+  for name, a, b in zip(("loss", "dq", "dk", "dv"), jax.tree.leaves(ref), jax.tree.leaves(chunked)):
+    _assert_close(name, a, b, 1e-5)
+
+
+def test_query_chunked_attention_bounds_the_memory_of_the_scores():
+  """What chunking is for: the compiled forward + backward never holds the whole [L, S] scores."""
+  length, heads = 2048, 2
+  q = jax.ShapeDtypeStruct((2, length, 32), jnp.float32)
+
+  def temporaries(query_chunk):
+    loss = lambda q, k, v: jnp.sum(unet.multi_head_attention(q, k, v, heads, query_chunk=query_chunk) ** 2)
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, q, q).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  scores_bytes = 2 * heads * length * length * 4  # one float32 [N, h, L, S] buffer: 64 MiB
+  full, chunked = temporaries(0), temporaries(256)
+  print(f"\n  temporaries: full {full / 2**20:.0f} MiB, chunks of 256 queries {chunked / 2**20:.0f} MiB")
+  assert full >= 2 * scores_bytes  # the scores and their softmax, at least
+  assert chunked < full / 4
+
+
+def test_query_chunk_option_reaches_every_spatial_attention(small):
+  """UNetParts(attention_query_chunk=...): same outputs and parameter gradients as the unchunked UNet."""
+  _, module, params, sample, context = small
+  t = np.array([10, 700], np.int64)
+  chunked = unet.UNet2DConditionModel(module.config, parts=unet.UNetParts(attention_query_chunk=16))
+
+  def loss(m, p):
+    return jnp.sum(m.apply({"params": p}, sample, t, context) ** 2)
+
+  ref, got = (jax.jit(jax.value_and_grad(functools.partial(loss, m)))(params) for m in (module, chunked))
+  _assert_close("loss", ref[0], got[0], 1e-5)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ref[1]), jax.tree.leaves(got[1])):
+    _assert_close(jax.tree_util.keystr(path), a, b, 1e-4)
+  # The option is live: the chunked program has a loop (lax.map) the plain one has not.
+  jaxpr = str(jax.make_jaxpr(functools.partial(loss, chunked))(params))
+  assert "scan" in jaxpr and "scan" not in str(jax.make_jaxpr(functools.partial(loss, module))(params))

@@ -74,6 +74,18 @@ def test_fresh_inflation_on_identical_frames_equals_the_2d_unet(params_2d, varia
   assert np.isfinite(out).all() and not np.allclose(out[:, 0], out[:, 1])
 
 
+def test_chunked_attention_queries_give_the_same_video(params_2d):
+  """attention_query_chunk reaches the sparse-causal attn1 (and attn2): same output, with a loop inside."""
+  module = vu.VideoUNet(CONFIG, vu.video_spec("mindvideo"))
+  chunked = vu.VideoUNet(CONFIG, vu.video_spec("mindvideo"), attention_query_chunk=24)  # 64 tokens: 24+24+16
+  params = _jitter(vu.inflate(module, params_2d, jax.random.key(3)), 0.05, seed=4)
+  video, context = _inputs(b=2, t=3)
+  t = np.array([3, 800])
+  np.testing.assert_allclose(_apply(chunked, params, video, t, context), _apply(module, params, video, t, context),
+                             rtol=1e-5, atol=1e-5)
+  assert "while" in jax.jit(functools.partial(_apply, chunked)).lower(params, video, t, context).as_text()
+
+
 def test_kv_frames_are_mindvideos_and_tuneavideos():
   # MindVideo: former_frame_index_2 = arange - 2 with [0] = [1] = 0; former_frame_index = arange - 1 with [0] = 0.
   np.testing.assert_array_equal(vu.kv_frame_indices(6, "previous_two"),

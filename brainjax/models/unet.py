@@ -475,13 +475,17 @@ class Upsample2D(nn.Module):
 
 
 def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, upcast: bool = False,
-                         mask: jax.Array | None = None) -> jax.Array:
+                         mask: jax.Array | None = None, query_chunk: int = 0) -> jax.Array:
   """Softmax attention on q [N, L, h*d], k/v [N, S, h*d] -> [N, L, h*d], scale d ** -0.5.
 
   jax.nn.dot_product_attention keeps logits and softmax in float32 for bf16
   inputs; `upcast` (diffusers' upcast_attention) also runs the products in float32.
   `mask` [L, S] (True = may attend) restricts which keys each query sees.
+  `query_chunk` > 0 runs the queries in chunks of that many (see
+  `query_chunked_attention`): same result, scores [chunk, S] instead of [L, S].
   """
+  if query_chunk and q.shape[1] > query_chunk:
+    return query_chunked_attention(q, k, v, heads, upcast, mask, query_chunk)
   n, length, inner = q.shape
   dtype = q.dtype
   if upcast:
@@ -490,6 +494,33 @@ def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, u
   out = jax.nn.dot_product_attention(split(q), split(k), split(v), scale=(inner // heads) ** -0.5,
                                      mask=None if mask is None else mask[None, None])
   return out.reshape(n, length, inner).astype(dtype)
+
+
+def query_chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, upcast: bool,
+                            mask: jax.Array | None, chunk: int) -> jax.Array:
+  """multi_head_attention over `chunk` queries at a time, each chunk recomputed in the backward pass.
+
+  Each query's softmax row is independent of the others, so the result is the
+  same up to float32 rounding. The score tensors, which dominate a video UNet's
+  memory (SD's attn1 at 32x32 with MinD-Video's two key frames: [8 heads,
+  1024, 2048] per frame), only ever exist for one chunk: in the forward pass
+  and, because the chunk is rematerialised, in the backward pass too. The
+  last chunk is padded with zero queries whose rows are dropped.
+  """
+  n, length, inner = q.shape
+  chunks = -(-length // chunk)
+  pad = chunks * chunk - length
+  q = jnp.pad(q, ((0, 0), (0, pad), (0, 0))).reshape(n, chunks, chunk, inner).swapaxes(0, 1)
+  if mask is not None:
+    mask = jnp.pad(mask, ((0, pad), (0, 0)), constant_values=True).reshape(chunks, chunk, mask.shape[-1])
+
+  @jax.checkpoint
+  def one_chunk(args):
+    q_chunk, mask_chunk = args
+    return multi_head_attention(q_chunk, k, v, heads, upcast, mask_chunk)
+
+  out = jax.lax.map(one_chunk, (q, mask))  # [chunks, N, chunk, h*d]
+  return out.swapaxes(0, 1).reshape(n, chunks * chunk, inner)[:, :length]
 
 
 class Attention(nn.Module):
@@ -505,12 +536,13 @@ class Attention(nn.Module):
   head_dim: int
   upcast: bool = False
   zero_init_out: bool = False  # to_out_0 starts at zero: a new residual branch starts as the identity
+  query_chunk: int = 0  # > 0: queries in chunks of this many (multi_head_attention); no effect on params
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   def attend(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """q [N, L, h*d], k/v [N, S, h*d] -> [N, L, h*d]."""
-    return multi_head_attention(q, k, v, self.heads, self.upcast)
+    return multi_head_attention(q, k, v, self.heads, self.upcast, query_chunk=self.query_chunk)
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
@@ -572,6 +604,7 @@ class BasicTransformerBlock(nn.Module):
   upcast_attention: bool = False
   self_attention_cls: type[nn.Module] = Attention
   frames: int = 1
+  attention_query_chunk: int = 0  # Attention.query_chunk of attn1 / attn2
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -582,7 +615,8 @@ class BasicTransformerBlock(nn.Module):
 
   def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    attn = dict(heads=self.heads, head_dim=self.head_dim, upcast=self.upcast_attention, **kw)
+    attn = dict(heads=self.heads, head_dim=self.head_dim, upcast=self.upcast_attention,
+                query_chunk=self.attention_query_chunk, **kw)
     self.norm1 = _layer_norm(**kw)
     self.attn1 = self.make_self_attention(**attn)
     self.norm2 = _layer_norm(**kw)
@@ -610,17 +644,20 @@ class UNetParts:
 
   `resnet` is built as resnet(out_channels, groups, eps, act_fn, output_scale_factor, dtype=..., param_dtype=...,
   name=..., **resnet_kwargs) and called (x, temb); `transformer_block` as transformer_block(dim=, heads=,
-  head_dim=, cross_attention_dim=, only_cross_attention=, upcast_attention=, dtype=, param_dtype=, name=,
-  **transformer_block_kwargs) and called (tokens [N, L, dim], context [N, S, D]). The kwargs are tuples
+  head_dim=, cross_attention_dim=, only_cross_attention=, upcast_attention=, frames=, attention_query_chunk=,
+  dtype=, param_dtype=, name=, **transformer_block_kwargs) and called (tokens [N, L, dim], context [N, S, D]). The kwargs are tuples
   of (name, value) pairs so that the parts, and the module holding them, stay hashable.
   `frames` (> 1 for a video UNet with frames folded into the batch) reaches every resnet and transformer
   block as their `frames` argument and makes conv_norm_out pool each video's frames.
+  `attention_query_chunk` (> 0) reaches every transformer block: its attn1 / attn2 run the queries in chunks
+  of that many (`query_chunked_attention`), which bounds the memory of the attention scores.
   """
   resnet: type[nn.Module] = ResnetBlock2D
   transformer_block: type[nn.Module] = BasicTransformerBlock
   resnet_kwargs: tuple[tuple[str, Any], ...] = ()
   transformer_block_kwargs: tuple[tuple[str, Any], ...] = ()
   frames: int = 1
+  attention_query_chunk: int = 0
 
 
 class Transformer2DModel(nn.Module):
@@ -656,7 +693,8 @@ class Transformer2DModel(nn.Module):
       y = self.parts.transformer_block(
           dim=inner, heads=self.heads, head_dim=head_dim, cross_attention_dim=self.cross_attention_dim,
           only_cross_attention=self.only_cross_attention, upcast_attention=self.upcast_attention,
-          frames=self.parts.frames, name=f"transformer_blocks_{k}", **kw,
+          frames=self.parts.frames, attention_query_chunk=self.parts.attention_query_chunk,
+          name=f"transformer_blocks_{k}", **kw,
           **dict(self.parts.transformer_block_kwargs))(y, context)
     y = self._proj(c, "proj_out")(y.reshape(n, h, w, inner))
     return _constrain(y + x)

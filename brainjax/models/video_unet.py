@@ -264,10 +264,10 @@ class VideoResnetBlock(unet.ResnetBlock2D):
 # --------------------------------------------------------------------------------------- the UNet
 
 
-def _video_parts(video: VideoSpec, frames: int) -> unet.UNetParts:
+def _video_parts(video: VideoSpec, frames: int, attention_query_chunk: int = 0) -> unet.UNetParts:
   return unet.UNetParts(resnet=VideoResnetBlock, transformer_block=VideoTransformerBlock,
                         resnet_kwargs=(("video", video),), transformer_block_kwargs=(("video", video),),
-                        frames=frames)
+                        frames=frames, attention_query_chunk=attention_query_chunk)
 
 
 class VideoUNet(nn.Module):
@@ -279,6 +279,7 @@ class VideoUNet(nn.Module):
   config: unet.UNetConfig
   video: VideoSpec = VideoSpec()
   remat: bool = False
+  attention_query_chunk: int = 0  # > 0: attn1 / attn2 queries in chunks (unet.UNetParts); params unchanged
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -302,8 +303,8 @@ class VideoUNet(nn.Module):
       timesteps = jnp.broadcast_to(timesteps, (b,))
     elif timesteps.shape != (b,):
       raise ValueError(f"timesteps have shape {tuple(timesteps.shape)}; give a scalar or one per clip, ({b},).")
-    inner = unet.UNet2DConditionModel(c, parts=_video_parts(self.video, t), remat=self.remat, dtype=self.dtype,
-                                      param_dtype=self.param_dtype)
+    inner = unet.UNet2DConditionModel(c, parts=_video_parts(self.video, t, self.attention_query_chunk),
+                                      remat=self.remat, dtype=self.dtype, param_dtype=self.param_dtype)
     nn.share_scope(self, inner)  # the 2-D UNet's param names, at the top level
     out = inner(sample.reshape(b * t, *sample.shape[2:]), jnp.repeat(timesteps, t),
                 jnp.repeat(encoder_hidden_states, t, axis=0))
@@ -380,8 +381,8 @@ VIDEO_CONFIG_KEY = "brainjax_video"
 
 
 def load_video_unet(path: str | epath.PathLike, video: str | VideoSpec | None = None, *,
-                    rng: jax.Array | None = None, remat: bool = False, dtype: Dtype = jnp.float32,
-                    param_dtype: Dtype = jnp.float32) -> tuple[VideoUNet, Any]:
+                    rng: jax.Array | None = None, remat: bool = False, attention_query_chunk: int = 0,
+                    dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32) -> tuple[VideoUNet, Any]:
   """(module, params) from a `unet/` directory (local or gs://).
 
   A Stable Diffusion `unet/` (no temporal layers) is inflated: its params plus
@@ -399,7 +400,8 @@ def load_video_unet(path: str | epath.PathLike, video: str | VideoSpec | None = 
   if recorded is not None and video is not None and video_spec(recorded) != spec:
     raise ValueError(f"{directory} holds a video UNet made with {video_spec(recorded)}, but {spec} was asked for; "
                      "omit `video` to use the recorded one.")
-  module = VideoUNet(_config_2d(config), spec, remat=remat, dtype=dtype, param_dtype=param_dtype)
+  module = VideoUNet(_config_2d(config), spec, remat=remat, attention_query_chunk=attention_query_chunk, dtype=dtype,
+                     param_dtype=param_dtype)
   expected = abstract_params(module)
   temporal = {k for k in mp.flatten(expected) if is_temporal(k)}
   state = dict(ckpt.state_dict)

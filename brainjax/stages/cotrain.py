@@ -65,7 +65,7 @@ def stage_config(**overrides) -> ml_collections.ConfigDict:
                     prediction_type="epsilon"),
       # alpha > 0: fit the head's caption readout first (module docstring); ridge on standardised voxels.
       readout_fit=dict(alpha=0.0, text_cache="stage:clip_embed"),
-      dependent_noise_beta=0.0, snr_gamma=0.0, sparsify_rate=0.0, remat=False,
+      dependent_noise_beta=0.0, snr_gamma=0.0, sparsify_rate=0.0, remat=False, attention_query_chunk=0,
       # The encoder is trained whole; of the UNet, the attention layers (MinD-Video supplement B).
       optim=optim_config(lr=3e-5, weight_decay=0.0, warmup_steps=0, schedule="constant", grad_clip_norm=1.0,
                          trainable=(r"^fmri/", r"^unet/.*(attn1|attn2|attn_temp|norm_temp)/")),
@@ -126,7 +126,8 @@ def load_encoder(directory) -> tuple[align.FmriAligner, dict, dict]:
 def run(ctx: StageContext) -> dict:
   stage = ctx.config.cotrain
   encoder, encoder_params, meta = load_encoder(resolve_path(ctx, stage.encoder_from))
-  unet, unet_params = vu.load_video_unet(resolve_path(ctx, stage.unet_from), stage.variant, remat=stage.remat)
+  unet, unet_params = vu.load_video_unet(resolve_path(ctx, stage.unet_from), stage.variant, remat=stage.remat,
+                                         attention_query_chunk=stage.attention_query_chunk)
   vae_module, vae_params = vae.load_vae(resolve_path(ctx, vae_path(ctx.config)))
   head = encoder.head
   if unet.config.context_dim != head.out_dim:

@@ -30,8 +30,8 @@ VAE and compared with the clip the subject watched:
 
 Config (`stage_config`); fields that inherit from config.cotrain when left at
 their sentinel: num_frames (0), resolution (-1; cotrain's 0 = the frames' own
-size), dependent_noise_beta (-1), schedule ({}), vae_path ("": cotrain's, i.e.
-video_finetune's). encoder_from / unet_from / vae_path / the classifier paths
+size), dependent_noise_beta (-1), attention_query_chunk (-1), schedule ({}),
+vae_path ("": cotrain's, i.e. video_finetune's). encoder_from / unet_from / vae_path / the classifier paths
 may name a stage (`stage:cotrain/unet`) that is absent from config.stages: it is
 then read from the workdir, where it must have finished (`--config.stages=
 "('evaluate',)"` re-evaluates a trained run). An empty classifier path skips its
@@ -93,7 +93,7 @@ GENERATED_BASELINES = {"mean_fmri": "mean-fMRI baseline", "caption": "true capti
 SPLITS = ("train", "test")
 PATH_FIELDS = ("encoder_from", "unet_from", "vae_path", "image_classifier_path", "video_classifier_path")
 # field -> the sentinel meaning "config.cotrain's"
-INHERITED = {"num_frames": 0, "resolution": -1, "dependent_noise_beta": -1.0}
+INHERITED = {"num_frames": 0, "resolution": -1, "dependent_noise_beta": -1.0, "attention_query_chunk": -1}
 
 
 def stage_config(**overrides) -> ml_collections.ConfigDict:
@@ -103,6 +103,7 @@ def stage_config(**overrides) -> ml_collections.ConfigDict:
       num_frames=0,               # 0 = config.cotrain.num_frames
       resolution=-1,              # -1 = config.cotrain.resolution (0: the frames' own size)
       dependent_noise_beta=-1.0,  # -1 = config.cotrain.dependent_noise_beta (NeuralFlix: 0.25)
+      attention_query_chunk=-1,   # -1 = config.cotrain.attention_query_chunk (0: all queries at once)
       schedule={},                # {} = config.cotrain.schedule (the one the UNet was trained with)
       split="test", max_samples=0, batch_per_device=1,
       # MinD-Video: DDIM 200 steps, adversarial guidance 12.5 (negative: the mean test fMRI).
@@ -167,6 +168,7 @@ def validate(config: ml_collections.ConfigDict, name: str) -> None:
   resolved = ml_collections.ConfigDict({where: stage})
   cfg.require_positive_int(resolved, f"{where}.num_frames")
   cfg.require_positive_int(resolved, f"{where}.resolution", allow_zero=True)
+  cfg.require_positive_int(resolved, f"{where}.attention_query_chunk", allow_zero=True)
   cfg.require_in_range(resolved, f"{where}.dependent_noise_beta", 0.0, 1.0)
   cfg.require_choice(resolved, f"{where}.split", SPLITS)
   cfg.require_positive_int(resolved, f"{where}.max_samples", allow_zero=True)
@@ -346,7 +348,8 @@ def run(ctx: StageContext) -> dict:
 def _generate_and_score(ctx: StageContext, stage: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """Generates and scores this process's slice of the windows; per-sample results (valid rows only)."""
   encoder, encoder_params, meta = cotrain.load_encoder(resolve_path(ctx, stage.encoder_from))
-  unet, unet_params = vu.load_video_unet(resolve_path(ctx, stage.unet_from))
+  unet, unet_params = vu.load_video_unet(resolve_path(ctx, stage.unet_from),
+                                         attention_query_chunk=stage.attention_query_chunk)
   vae_module, vae_params = vae.load_vae(resolve_path(ctx, stage.vae_path))
   if unet.config.context_dim != encoder.head.out_dim:
     raise cfg.ConfigError(f"the fMRI encoder from {stage.encoder_from} makes a {encoder.head.out_dim}-wide condition "
@@ -494,7 +497,8 @@ def _generate_and_score(ctx: StageContext, stage: ml_collections.ConfigDict) -> 
 
 def _load_caption_baseline(ctx: StageContext, stage: ml_collections.ConfigDict, context_dim: int) -> dict:
   """The "caption" baseline's text-to-video UNet, the split's caption hidden states and the empty caption's."""
-  module, params = vu.load_video_unet(resolve_path(ctx, stage.caption_unet_from))
+  module, params = vu.load_video_unet(resolve_path(ctx, stage.caption_unet_from),
+                                      attention_query_chunk=stage.attention_query_chunk)
   hidden, uncond = video_finetune.load_caption_condition(resolve_path(ctx, stage.text_cache), stage.split)
   if module.config.context_dim != hidden.shape[-1] or hidden.shape[-1] != context_dim:
     raise cfg.ConfigError(f"the caption baseline's UNet ({stage.caption_unet_from}) cross-attends to "

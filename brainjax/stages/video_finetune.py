@@ -56,7 +56,7 @@ def stage_config(**overrides) -> ml_collections.ConfigDict:
       num_frames=6, resolution=0,
       schedule=dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                     prediction_type="epsilon"),
-      dependent_noise_beta=0.0, snr_gamma=0.0, uncond_prob=0.1, remat=False,
+      dependent_noise_beta=0.0, snr_gamma=0.0, uncond_prob=0.1, remat=False, attention_query_chunk=0,
       optim=optim_config(lr=2e-5, weight_decay=0.0, warmup_steps=0, schedule="constant", grad_clip_norm=1.0),
       batch_size=14, num_steps=800, log_every_steps=50, checkpoint_every_steps=200, keep_checkpoints=2,
       sample=dict(count=8, sampler="ddim", num_steps=50, guidance_scale=7.5, eta=0.0, seed=0),
@@ -71,6 +71,7 @@ def validate_video_training(config: ml_collections.ConfigDict, name: str) -> Non
   common.validate_train(config, name)
   cfg.require_positive_int(config, f"{name}.num_frames")
   cfg.require_positive_int(config, f"{name}.resolution", allow_zero=True)
+  cfg.require_positive_int(config, f"{name}.attention_query_chunk", allow_zero=True)
   cfg.require_in_range(config, f"{name}.dependent_noise_beta", 0.0, 1.0)
   validate_diffusion_fields(config, name)
   if stage.variant not in vu.VARIANTS:
@@ -117,10 +118,11 @@ def build_unet(ctx: StageContext):
   stage = ctx.config.video_finetune
   spec = vu.video_spec(stage.variant)
   if stage.unet_path:
-    module, params = vu.load_video_unet(resolve_path(ctx, stage.unet_path), spec,
-                                        rng=jax.random.key(ctx.config.seed), remat=stage.remat)
+    module, params = vu.load_video_unet(resolve_path(ctx, stage.unet_path), spec, rng=jax.random.key(ctx.config.seed),
+                                        remat=stage.remat, attention_query_chunk=stage.attention_query_chunk)
     return module, params
-  return vu.VideoUNet(unet.UNetConfig.from_dict(stage.unet.to_dict()), spec, remat=stage.remat), None
+  return vu.VideoUNet(unet.UNetConfig.from_dict(stage.unet.to_dict()), spec, remat=stage.remat,
+                      attention_query_chunk=stage.attention_query_chunk), None
 
 
 def clip_frames(frames: np.ndarray, num_frames: int, what: str) -> np.ndarray:
