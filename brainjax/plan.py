@@ -239,8 +239,8 @@ def plan_unet(config, model: str, devices, *, batch_size: int = 8, frames: int |
                   flops_note="not counted with --attention_query_chunk (XLA counts a loop body once); run without "
                              "it for the FLOPs")
   return {"model": model, "latents": list(batch["latents"].shape), "cond": list(batch["cond"].shape),
-          "trainable": list(patterns) or "all", "remat": remat, "attention_query_chunk": attention_query_chunk, "compute_dtype": "bfloat16" if bf16 else "float32",
-          **result}
+          "trainable": list(patterns) or "all", "remat": remat, "attention_query_chunk": attention_query_chunk,
+          "compute_dtype": "bfloat16" if bf16 else "float32", **result}
 
 
 def _devices():

@@ -19,16 +19,22 @@ def _model():
                               mlp_ratio=2.0, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4)
 
 
-def _run(mesh_config, devices, steps=3):
+def _model_fns():
+  """(init_variables, loss_fn) of the small MBM model, as the train state and step take them."""
   model = _model()
-  mesh = shd.make_mesh(mesh_config, devices)
-  x0 = jnp.zeros((1, 256))
 
   def init_variables(rng):
-    return model.init({"params": rng}, x0, rng)
+    return model.init({"params": rng}, jnp.zeros((1, 256)), rng)
 
   def loss_fn(params, model_state, batch, rng):
     return model.apply({"params": params}, batch["fmri"], rng)["loss"], ({}, model_state)
+
+  return init_variables, loss_fn
+
+
+def _run(mesh_config, devices, steps=3):
+  mesh = shd.make_mesh(mesh_config, devices)
+  init_variables, loss_fn = _model_fns()
 
   # eps 1e-4: Adam turns gradients at float32 noise level (~1e-9) into full +-lr
   # steps whose sign depends on reduction order; a larger eps keeps the
@@ -90,14 +96,8 @@ def test_mesh_fill_axis():
 
 def test_trainable_subset_trains_only_the_matching_params_sharded():
   """A `trainable` regex mask: frozen params have no optimizer state and do not move, on an 8-device mesh."""
-  model = _model()
   mesh = shd.make_mesh({"data": 2, "fsdp": 4, "tensor": 1}, jax.devices())
-
-  def init_variables(rng):
-    return model.init({"params": rng}, jnp.zeros((1, 256)), rng)
-
-  def loss_fn(params, model_state, batch, rng):
-    return model.apply({"params": params}, batch["fmri"], rng)["loss"], ({}, model_state)
+  init_variables, loss_fn = _model_fns()
 
   optim = optim_config(lr=1e-2, warmup_steps=1, trainable=(r"^decoder", r"block_0/attn/"))
   state, shardings, tx = create_train_state(init_variables, lambda p: make_optimizer(optim, 10, p),
@@ -121,14 +121,8 @@ def test_trainable_subset_trains_only_the_matching_params_sharded():
 
 def test_frozen_params_get_no_weight_gradients_and_the_trained_ones_step_as_before():
   """With `trainable` given, the step skips the frozen weights' gradients (fewer FLOPs); same update otherwise."""
-  model = _model()
   mesh = shd.make_mesh({"data": 2, "fsdp": 4, "tensor": 1}, jax.devices())
-
-  def init_variables(rng):
-    return model.init({"params": rng}, jnp.zeros((1, 256)), rng)
-
-  def loss_fn(params, model_state, batch, rng):
-    return model.apply({"params": params}, batch["fmri"], rng)["loss"], ({}, model_state)
+  init_variables, loss_fn = _model_fns()
 
   patterns = [r"^decoder_pred", r"block_0/attn/"]  # the encoder's block 1 and the decoder's body are frozen
   optim = optim_config(lr=1e-2, warmup_steps=1, trainable=tuple(patterns))

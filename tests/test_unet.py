@@ -373,6 +373,8 @@ def test_query_chunked_attention_equals_full_attention_forward_and_backward(leng
   ref, chunked = value_and_grads(0), value_and_grads(chunk)
   for name, a, b in zip(("loss", "dq", "dk", "dv"), jax.tree.leaves(ref), jax.tree.leaves(chunked)):
     _assert_close(name, a, b, 1e-5)
+  with pytest.raises(ValueError, match="query_chunk = -1: give a positive number"):
+    unet.multi_head_attention(q, k, v, 4, query_chunk=-1)
 
 
 def test_query_chunked_attention_bounds_the_memory_of_the_scores():

@@ -67,7 +67,9 @@ Logical axis names of the params (see brainjax.train.sharding):
 
 Options: `dtype` (compute, e.g. bf16; attention softmax and norm statistics stay float32; with
 upcast_attention q/k/v go to float32 first), `param_dtype`, `remat` (every resnet and every
-Transformer2DModel recompute their activations in the backward pass; param names unchanged).
+Transformer2DModel recompute their activations in the backward pass; param names unchanged),
+`UNetParts(attention_query_chunk=n)` (attn1 / attn2 run their queries n at a time, each chunk recomputed in
+the backward pass: the attention scores, a video UNet's largest buffers, exist for one chunk at a time).
 
 Not supported (errors name the option): block types other than CrossAttnDownBlock2D / DownBlock2D /
 CrossAttnUpBlock2D / UpBlock2D, mid blocks other than UNetMidBlock2DCrossAttn, class / addition /
@@ -484,6 +486,8 @@ def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, u
   `query_chunk` > 0 runs the queries in chunks of that many (see
   `query_chunked_attention`): same result, scores [chunk, S] instead of [L, S].
   """
+  if query_chunk < 0:
+    raise ValueError(f"query_chunk = {query_chunk}: give a positive number of queries per chunk, or 0 for all.")
   if query_chunk and q.shape[1] > query_chunk:
     return query_chunked_attention(q, k, v, heads, upcast, mask, query_chunk)
   n, length, inner = q.shape
@@ -645,8 +649,9 @@ class UNetParts:
   `resnet` is built as resnet(out_channels, groups, eps, act_fn, output_scale_factor, dtype=..., param_dtype=...,
   name=..., **resnet_kwargs) and called (x, temb); `transformer_block` as transformer_block(dim=, heads=,
   head_dim=, cross_attention_dim=, only_cross_attention=, upcast_attention=, frames=, attention_query_chunk=,
-  dtype=, param_dtype=, name=, **transformer_block_kwargs) and called (tokens [N, L, dim], context [N, S, D]). The kwargs are tuples
-  of (name, value) pairs so that the parts, and the module holding them, stay hashable.
+  dtype=, param_dtype=, name=, **transformer_block_kwargs) and called (tokens [N, L, dim], context
+  [N, S, D]). The kwargs are tuples of (name, value) pairs so that the parts, and the module holding them,
+  stay hashable.
   `frames` (> 1 for a video UNet with frames folded into the batch) reaches every resnet and transformer
   block as their `frames` argument and makes conv_norm_out pool each video's frames.
   `attention_query_chunk` (> 0) reaches every transformer block: its attn1 / attn2 run the queries in chunks
