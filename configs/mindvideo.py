@@ -110,7 +110,8 @@ def paper() -> ml_collections.ConfigDict:
   # Supplement B: SD 1.5 inflated, 6 frames (3 FPS x 2 s) at 256 x 256, lr 2e-5, batch 14, 800 steps,
   # training attn1, attn2 and the temporal attention. Set unet_path / vae_path to a copy of SD 1.5.
   # attention_query_chunk: SD's attn1 at 32x32 has scores of [8 heads, 1024, 2048] per frame; chunks of 256
-  # queries keep a quarter of them alive (bench/RESULTS.md: 12.3 -> 7.9 GB per device; same results).
+  # queries keep a quarter of them alive (bench/RESULTS.md, with remat: 12.3 -> 8.1 GB of temporaries per
+  # device; same results).
   config.video_finetune = video_finetune.stage_config(
       unet_path="", vae_path="", variant="mindvideo", num_frames=6, resolution=256, remat=True,
       attention_query_chunk=256,
