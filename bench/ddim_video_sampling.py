@@ -31,7 +31,6 @@ from bench import common  # noqa: E402
 common.tune_process()
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import functools  # noqa: E402
 import time  # noqa: E402
 
@@ -72,9 +71,7 @@ def brainjax_sampler(module, params, schedule, args, z, cond, neg):
   compiled = jax.jit(run_sampler).lower(*inputs).compile()
   compile_s = time.perf_counter() - t
 
-  # XLA counts a loop body once: a chunked attention's loop would hide most of the attention, so the
-  # FLOPs are counted on the same model without chunks.
-  plain = module.clone(parts=dataclasses.replace(module.parts, attention_query_chunk=0))
+  plain = unet3d_models.without_chunks(module)
 
   def guided_call(params, x, cond, neg):
     denoise = functools.partial(lambda p, x, t, c: plain.apply({"params": p}, x, t, c), params)

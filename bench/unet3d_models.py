@@ -10,6 +10,7 @@ directory with `brainjax.models.unet3d.load_unet3d` (its diffusers converter).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 
 import numpy as np
@@ -69,6 +70,12 @@ def make_pair(args: argparse.Namespace, seed: int = 0):
     module, params = unet3d.load_unet3d(
         directory, parts=unet.UNetParts(attention_query_chunk=getattr(args, "attention_query_chunk", 0)))
   return model, module, params
+
+
+def without_chunks(module):
+  """The same brainjax UNet with its attention unchunked: what FLOPs are counted on, because XLA's cost
+  analysis counts a loop body once and the chunked attention is a loop over the chunks."""
+  return module.clone(parts=dataclasses.replace(module.parts, attention_query_chunk=0))
 
 
 def to_torch(x: np.ndarray):

@@ -30,7 +30,6 @@ from bench import common  # noqa: E402
 common.tune_process()
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
@@ -77,11 +76,8 @@ def brainjax_runner(module, params, x0: np.ndarray, cond: np.ndarray):
   compiled = jax.jit(make_step(module), donate_argnums=0).lower(state, xs, cs).compile()
   compile_s = time.perf_counter() - t
   flops = common.flops_of(compiled)
-  if module.parts.attention_query_chunk:
-    # XLA counts a loop body once and the chunked attention is a loop: count the unchunked step instead
-    # (the same model; the chunks' recomputed attention forward is not counted).
-    plain = module.clone(parts=dataclasses.replace(module.parts, attention_query_chunk=0))
-    flops = common.flops_of(jax.jit(make_step(plain)).lower(state, xs, cs).compile())
+  if module.parts.attention_query_chunk:  # the chunks' recomputed attention forward is not counted
+    flops = common.flops_of(jax.jit(make_step(unet3d_models.without_chunks(module))).lower(state, xs, cs).compile())
   box = [state]
 
   def run() -> None:

@@ -90,15 +90,15 @@ def _compile_step(config, devices, init_variables, loss_fn, batch: Mapping[str, 
   import numpy as np
 
   from brainjax.train import sharding as shd
-  from brainjax.train.optim import trainable_labels, trainable_mask
+  from brainjax.train.optim import trainable_mask
   from brainjax.train.state import make_train_step, plan_train_state
 
   mesh = shd.make_mesh(config.mesh.to_dict(), devices)
   rules = shd.rules_from_config(config.logical_axis_rules)
   _, abstract, shardings, tx = plan_train_state(init_variables, make_tx, jax.random.PRNGKey(0), mesh, rules)
   batch_sharding = shd.batch_sharding(mesh, rules)
-  step = make_train_step(loss_fn, tx, shardings, {k: batch_sharding for k in batch}, mesh, rules,
-                         trainable=trainable_mask(abstract.params, list(trainable)))
+  mask = trainable_mask(abstract.params, list(trainable))
+  step = make_train_step(loss_fn, tx, shardings, {k: batch_sharding for k in batch}, mesh, rules, trainable=mask)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding) for k, v in batch.items()}
   start = time.time()
   compiled = step.lower(abstract, batch).compile()
@@ -108,8 +108,7 @@ def _compile_step(config, devices, init_variables, loss_fn, batch: Mapping[str, 
   memory = compiled.memory_analysis()
   size = lambda x: int(np.prod(x.shape))
   num_params = sum(size(x) for x in jax.tree.leaves(abstract.params))
-  labels = jax.tree.leaves(trainable_labels(abstract.params, list(trainable)))
-  num_trainable = sum(size(x) for x, label in zip(jax.tree.leaves(abstract.params), labels) if label == "train")
+  num_trainable = sum(size(x) for x, train in zip(jax.tree.leaves(abstract.params), jax.tree.leaves(mask)) if train)
   # The compiled program is one device's share of the SPMD-partitioned step.
   flops_device = float(cost.get("flops", float("nan"))) if cost else float("nan")
   return {

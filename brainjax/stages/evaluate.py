@@ -32,10 +32,10 @@ Config (`stage_config`); fields that inherit from config.cotrain when left at
 their sentinel: num_frames (0), resolution (-1; cotrain's 0 = the frames' own
 size), dependent_noise_beta (-1), attention_query_chunk (-1), schedule ({}),
 vae_path ("": cotrain's, i.e. video_finetune's). encoder_from / unet_from /
-vae_path / the classifier paths may name a stage (`stage:cotrain/unet`) that is absent from config.stages: it is
-then read from the workdir, where it must have finished (`--config.stages=
-"('evaluate',)"` re-evaluates a trained run). An empty classifier path skips its
-metric. N of an N-way test is capped at C - 2 for a classifier with C classes
+vae_path / the classifier paths may name a stage (`stage:cotrain/unet`) that is
+absent from config.stages: it is then read from the workdir, where it must have
+finished (`--config.stages="('evaluate',)"` re-evaluates a trained run). An
+empty classifier path skips its metric. N of an N-way test is capped at C - 2 for a classifier with C classes
 (n - 1 distractors outside the 3 ground-truth classes); the cap is logged and
 recorded in metrics.json.
 
