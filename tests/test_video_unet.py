@@ -247,6 +247,20 @@ def test_every_param_has_logical_axes_and_the_trainable_sets_are_the_papers():
     assert (block + "attn1/to_k/kernel" in trained) == (name != "tuneavideo")
 
 
+def test_inflation_initialises_only_the_temporal_layers_with_the_full_inits_values(params_2d):
+  """inflate compiles an init that returns the temporal layers alone; they equal the full init's (Flax
+  derives each param's rng from its path), and the 2-D part is params_2d's, untouched."""
+  module = vu.VideoUNet(CONFIG, vu.video_spec("neuralflix"))
+  inflated = mp.flatten(vu.inflate(module, params_2d, jax.random.key(7)))
+  full = mp.flatten(vu.init_params(module, jax.random.key(7)))
+  assert set(inflated) == set(full)
+  temporal = [k for k in full if vu.is_temporal(k)]
+  assert temporal and any(np.asarray(full[k]).std() > 0 for k in temporal)  # random kernels, not only zeros
+  for k, v in inflated.items():
+    expected = full[k] if vu.is_temporal(k) else mp.flatten(params_2d)[k]
+    np.testing.assert_array_equal(v, expected, err_msg=k)
+
+
 def test_weights_in_and_out(tmp_path, params_2d):
   """SD unet/ -> inflated; save (MindVideo layout) -> load exactly; diffusers reads the 2-D part."""
   sd = unet.save_unet(tmp_path / "sd", CONFIG, params_2d)
