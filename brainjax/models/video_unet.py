@@ -322,7 +322,7 @@ def abstract_params(module: VideoUNet, *, boxed: bool = False) -> Any:
   return variables["params"] if boxed else nn.meta.unbox(variables)["params"]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2))
+@functools.partial(jax.jit, static_argnums=0, static_argnames="temporal_only")
 def _init(module: VideoUNet, rng: jax.Array, temporal_only: bool = False) -> Any:
   params = nn.meta.unbox(module.init(rng, *module.dummy_inputs()))["params"]
   if temporal_only:
@@ -351,7 +351,7 @@ def inflate(module: VideoUNet, params_2d: Any, rng: jax.Array) -> Any:
   if missing:
     raise ValueError(f"the 2-D params lack {len(missing)} param(s) of the video UNet's 2-D part, e.g. "
                      f"{sorted(missing)[:3]}; were they made for another UNet config?")
-  fresh = {**mp.flatten(_two_d_part(expected)), **mp.flatten(_init(module, rng, True))}
+  fresh = {**mp.flatten(_two_d_part(expected)), **mp.flatten(_init(module, rng, temporal_only=True))}
   return params_lib.overlay(mp.unflatten(fresh), params_2d, hint="the 2-D UNet config differs from the video UNet's")
 
 
