@@ -256,8 +256,9 @@ def test_inflation_initialises_only_the_temporal_layers_with_the_full_inits_valu
   assert set(inflated) == set(full)
   temporal = [k for k in full if vu.is_temporal(k)]
   assert temporal and any(np.asarray(full[k]).std() > 0 for k in temporal)  # random kernels, not only zeros
+  flat_2d = mp.flatten(params_2d)
   for k, v in inflated.items():
-    expected = full[k] if vu.is_temporal(k) else mp.flatten(params_2d)[k]
+    expected = full[k] if vu.is_temporal(k) else flat_2d[k]
     np.testing.assert_array_equal(v, expected, err_msg=k)
 
 

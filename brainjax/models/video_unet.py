@@ -346,12 +346,17 @@ def inflate(module: VideoUNet, params_2d: Any, rng: jax.Array) -> Any:
   the temporal convs are the identity), so on a clip of identical frames the
   inflated UNet computes exactly what the 2-D UNet computes per frame.
   """
-  expected = abstract_params(module)
-  missing = set(mp.flatten(_two_d_part(expected))) - set(mp.flatten(params_2d))
+  return _inflate(module, params_2d, rng, abstract_params(module))
+
+
+def _inflate(module: VideoUNet, params_2d: Any, rng: jax.Array, expected: Any) -> Any:
+  """inflate, given the module's abstract params (load_video_unet has traced them already)."""
+  two_d = mp.flatten(_two_d_part(expected))
+  missing = set(two_d) - set(mp.flatten(params_2d))
   if missing:
     raise ValueError(f"the 2-D params lack {len(missing)} param(s) of the video UNet's 2-D part, e.g. "
                      f"{sorted(missing)[:3]}; were they made for another UNet config?")
-  fresh = {**mp.flatten(_two_d_part(expected)), **mp.flatten(_init(module, rng, temporal_only=True))}
+  fresh = {**two_d, **mp.flatten(_init(module, rng, temporal_only=True))}
   return params_lib.overlay(mp.unflatten(fresh), params_2d, hint="the 2-D UNet config differs from the video UNet's")
 
 
@@ -423,7 +428,7 @@ def load_video_unet(path: str | epath.PathLike, video: str | VideoSpec | None = 
     params = VIDEO_TABLE.to_flax(state, expected, origin=ckpt.origin)
   else:
     params_2d = VIDEO_TABLE.to_flax(state, _two_d_part(expected), origin=ckpt.origin)
-    params = inflate(module, params_2d, jax.random.key(0) if rng is None else rng)
+    params = _inflate(module, params_2d, jax.random.key(0) if rng is None else rng, expected)
   return module, jax.tree.map(lambda x: jnp.asarray(x, param_dtype), params)
 
 

@@ -35,9 +35,9 @@ vae_path ("": cotrain's, i.e. video_finetune's). encoder_from / unet_from /
 vae_path / the classifier paths may name a stage (`stage:cotrain/unet`) that is
 absent from config.stages: it is then read from the workdir, where it must have
 finished (`--config.stages="('evaluate',)"` re-evaluates a trained run). An
-empty classifier path skips its metric. N of an N-way test is capped at C - 2 for a classifier with C classes
-(n - 1 distractors outside the 3 ground-truth classes); the cap is logged and
-recorded in metrics.json.
+empty classifier path skips its metric. N of an N-way test is capped at C - 2
+for a classifier with C classes (n - 1 distractors outside the 3 ground-truth
+classes); the cap is logged and recorded in metrics.json.
 
 Determinism and sharding. The windows (all of `split`, or `max_samples` spread
 over it) are padded to a whole number of global batches (batch_per_device x
