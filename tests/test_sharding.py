@@ -1,5 +1,6 @@
 """The train step gives the same result on 1 device and on sharded 8-device meshes."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -148,6 +149,37 @@ def test_frozen_params_get_no_weight_gradients_and_the_trained_ones_step_as_befo
     np.testing.assert_allclose(subset_params[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
   # grad_norm is the trained params' norm now, smaller than the norm over every gradient.
   assert 0 < out["subset"][1] < out["all"][1]
+
+
+def test_random_init_is_the_models_init_sharded_and_compiled_at_the_cheap_level(monkeypatch):
+  """init() compiles the random init with INIT_COMPILER_OPTIONS (its compile dominates its cost) and still
+  gives the model's own init, to float32 rounding, laid out as the plan says."""
+  from brainjax.train import state as state_lib
+  model = _model()
+  mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, jax.devices())
+  init_variables, _ = _model_fns()
+  options = []
+  compile_lowered = jax.stages.Lowered.compile
+
+  def recording_compile(self, compiler_options=None, **kw):
+    options.append(compiler_options)
+    return compile_lowered(self, compiler_options=compiler_options, **kw)
+
+  monkeypatch.setattr(jax.stages.Lowered, "compile", recording_compile)
+  init_rng = jax.random.split(jax.random.PRNGKey(0))[0]  # plan_train_state's split: (init, state) keys
+  init, _, shardings, _ = plan_train_state(init_variables, lambda p: make_optimizer(optim_config(), 10, p),
+                                           jax.random.PRNGKey(0), mesh, RULES)
+  state = init()
+  assert options == [state_lib.INIT_COMPILER_OPTIONS]
+  expected = jax.jit(lambda r: nn.meta.unbox(model.init({"params": r}, jnp.zeros((1, 256)), r)))(init_rng)["params"]
+  for leaf, sharding in zip(jax.tree.leaves(state.params), jax.tree.leaves(shardings.params)):
+    assert leaf.sharding == sharding
+  from brainjax.convert.mapping import flatten
+  got, want = flatten(jax.device_get(state.params)), flatten(jax.device_get(expected))
+  assert got.keys() == want.keys()
+  for key, value in want.items():
+    np.testing.assert_allclose(got[key], value, rtol=1e-6, atol=1e-7, err_msg=key)
+  assert any(np.std(v) > 0 for v in got.values())  # a real random draw, not zeros
 
 
 def test_state_around_given_params_equals_init_then_overlay_and_never_runs_the_init():

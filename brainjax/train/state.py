@@ -28,6 +28,13 @@ from brainjax.train.optim import param_path
 # loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new_model_state))
 LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, tuple[dict, Any]]]
 
+# The random init runs once, and compiling it costs far more than running it: every parameter has its own
+# threefry stream and initializer, hundreds of them for a UNet. XLA's backend optimisation level 0 compiles
+# it 2-3x faster (the demo UNet's init: 18.5 -> 6.3 s on a 2-core CPU, run time 0.1 -> 0.4 s). The random
+# bits are integer arithmetic and identical at any level; the float transforms (uniform -> normal) may
+# differ in the last bit, which is as random as before.
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
 
 class TrainState(struct.PyTreeNode):
   step: jax.Array          # int32 scalar: optimizer steps taken
@@ -95,7 +102,9 @@ def plan_train_state(
 
   def build(params: Any = None) -> TrainState:
     if params is None:
-      return jax.jit(init, out_shardings=state_shardings)(init_rng)
+      compiled = jax.jit(init, out_shardings=state_shardings).lower(init_rng).compile(
+          compiler_options=INIT_COMPILER_OPTIONS)
+      return compiled(init_rng)
     # Given parameters (an earlier stage's, a checkpoint's): the model's random init is never compiled or
     # run, which on a CPU saves its compile (10-15 s for a UNet) and on a pod a full-size random copy.
     if jax.tree.leaves(abstract.model_state):
