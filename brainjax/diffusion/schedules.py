@@ -399,7 +399,12 @@ def diffusion_loss(schedule: NoiseSchedule, predict_fn: Callable[[jax.Array, jax
   (Hang et al. 2023; diffusers' `--snr_gamma`, 5 recommended): min(SNR_t, γ)
   divided by SNR_t (ε), SNR_t + 1 (v) or 1 (x0), SNR_t = ab_t / (1 - ab_t).
   It stops the easy low-noise steps from dominating the gradient and makes a
-  model trained from scratch converge several times faster.
+  model trained from scratch converge several times faster. It also nearly
+  stops the high-noise steps from training: with v-prediction on a
+  zero-terminal-SNR schedule the weight is 0 at t = T and, on the demo's
+  schedule, under 0.02 for t > 800, where a video model's temporal layers
+  learn to share each frame's layout (the demo's video stages train
+  without it; configs/mindvideo.py).
   """
   noise_fn = noise_fn or noise_lib.gaussian_noise
   t_rng, noise_rng = jax.random.split(rng)
