@@ -70,6 +70,19 @@ LAYOUTS = ("shared", "per_subject")
 RESPONSES = ("bold", "beta")
 
 
+class DatasetInfo(tfds.core.DatasetInfo):
+  """tfds.core.DatasetInfo for datasets TFDS's public GCS bucket does not hold: every brainjax dataset.
+
+  A builder whose dataset is not built yet asks that bucket for precomputed info. tensorflow_datasets makes
+  a temporary directory for the answer before it asks and never removes it (DatasetInfo.
+  initialize_from_bucket): one empty /tmp/tmp*tfds per builder, hundreds over a test run. There is nothing
+  to fetch for these datasets, so the lookup is skipped.
+  """
+
+  def initialize_from_bucket(self) -> None:
+    pass
+
+
 class ReleaseError(ValueError):
   """The user's copy of a dataset is missing files or holds unexpected data."""
 

@@ -289,3 +289,16 @@ def test_validate_data_for_real_datasets():
                                                                                  builder_config="full")}))
   with pytest.raises(ConfigError, match="unknown dataset"):
     pipeline.validate_data(ml_collections.ConfigDict({"data": pipeline.data_config(name="nsd")}))
+
+
+def test_an_unbuilt_dataset_leaves_no_temporary_directory(tmp_path, monkeypatch):
+  """tensorflow_datasets makes a temp dir for GCS-hosted info of every unbuilt dataset and never removes it;
+  brainjax's builders skip that lookup (their datasets are not in TFDS's bucket)."""
+  import tempfile
+  temp = tmp_path / "temp"
+  temp.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(temp))
+  data = pipeline.data_config(data_dir=str(tmp_path / "tfds"), spec=helpers.TINY_SPEC, subjects=[0])
+  builder = pipeline.load_builder(data, prepare=False)
+  assert not builder.is_prepared()
+  assert list(temp.iterdir()) == []

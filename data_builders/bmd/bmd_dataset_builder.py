@@ -188,7 +188,7 @@ The betas are pickles: unpickling runs code, so only build from files you downlo
     features = common.record_features(
         layout="shared", voxels=[0] * len(o.subjects), frame_size=o.frame_size,
         extra={"captions": tfds.features.Sequence(tfds.features.Text()), "video_id": tfds.features.Text()})
-    return tfds.core.DatasetInfo(builder=self, description=__doc__, features=features,
+    return common.DatasetInfo(builder=self, description=__doc__, features=features,
                                  metadata=tfds.core.MetadataDict(), disable_shuffling=True)
 
   # -- reading the release ------------------------------------------------------------------------------------------

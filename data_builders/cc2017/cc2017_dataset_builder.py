@@ -488,7 +488,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
-    return tfds.core.DatasetInfo(
+    return common.DatasetInfo(
         builder=self,
         description=__doc__,
         features=common.record_features(layout="shared", voxels=[0] * len(cfg.subjects), frame_size=cfg.frame_size,

@@ -261,7 +261,7 @@ Note: sub-0005's fMRI duplicates sub-0001's in the HF release; the builder warns
     if o.eeg:
       extra["eeg"] = tfds.features.Tensor(shape=(None, None), dtype=np.float32, encoding=tfds.features.Encoding.BYTES)
     features = common.record_features(layout="per_subject", voxels=[0], frame_size=o.frame_size, extra=extra)
-    return tfds.core.DatasetInfo(builder=self, description=__doc__, features=features,
+    return common.DatasetInfo(builder=self, description=__doc__, features=features,
                                  metadata=tfds.core.MetadataDict(), disable_shuffling=True)
 
   # -- checking the release -----------------------------------------------------------------------------------------

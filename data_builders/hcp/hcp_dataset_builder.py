@@ -159,7 +159,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return common.DatasetInfo(
         builder=self,
         description=__doc__,
         features=common.record_features(layout="per_subject", voxels=[0], frame_size=None),

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from brainjax.data import synthetic
+from data_builders import common
 
 _LABELS = ("category", "colour", "direction", "speed", "scene")
 
@@ -81,7 +82,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         "labels": tfds.features.FeaturesDict({k: np.int32 for k in _LABELS}),
         "fmri": tfds.features.FeaturesDict(fmri),
     })
-    return tfds.core.DatasetInfo(
+    return common.DatasetInfo(
         builder=self,
         description=__doc__,
         features=features,
