@@ -35,8 +35,7 @@ from brainjax.train.optim import make_optimizer, optim_config  # noqa: E402
 
 def demo_models() -> dict:
   """name -> init_variables(rng), as the demo's unet_fit and vae_fit stages build them."""
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from configs import mindvideo
+  from configs import mindvideo  # the repository root is on sys.path (above)
   config = mindvideo.get_config("demo")
   module = unet.UNet2DConditionModel(unet.UNetConfig.from_dict(
       {**config.unet_fit.unet.to_dict(), "in_channels": 4, "out_channels": 4, "sample_size": 8}))

@@ -30,7 +30,7 @@ LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, tuple[dict, Any]
 
 # The random init runs once, and compiling it costs far more than running it: every parameter has its own
 # threefry stream and initializer, hundreds of them for a UNet. XLA's backend optimisation level 0 compiles
-# it 2-3x faster (the demo UNet's init: 18.5 -> 6.3 s on a 2-core CPU, run time 0.1 -> 0.4 s). The random
+# it faster (bench/init_compile.py, 2-core CPU: the demo UNet's state 22.2 -> 14.1 s, its VAE's 14.4 -> 6.4 s). The random
 # bits are integer arithmetic and identical at any level; the float transforms (uniform -> normal) may
 # differ in the last bit, which is as random as before.
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
