@@ -124,7 +124,8 @@ def link_shared_stages(base: ml_collections.ConfigDict, variant: ml_collections.
   linked = []
   variant_dir.mkdir(parents=True, exist_ok=True)
   for name in variant.stages:
-    if name not in base.stages or runner.stage_fingerprint(base, name) != runner.stage_fingerprint(variant, name):
+    if name not in base.stages or runner.changed_settings(runner.stage_fingerprint(base, name),
+                                                          runner.stage_fingerprint(variant, name), name):
       continue
     if not (base_dir / name / "DONE.json").exists():
       continue

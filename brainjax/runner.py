@@ -75,14 +75,27 @@ def stage_fingerprint(config: ml_collections.ConfigDict, name: str) -> str:
   return cfg.subtree_json(config, (*stage.CONFIG_KEYS, name))
 
 
+# How often a stage logs and checkpoints, and how many checkpoints it keeps, do not change what it makes
+# (a resumed run ends with the parameters of an uninterrupted one), so they may differ on a re-run: e.g. a
+# run moved to preemptible machines checkpoints more often. They stay in the fingerprint, which older
+# workdirs' config.json files hold; only the comparison leaves them out.
+RUN_CONTROL_FIELDS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints")
+
+
+def changed_settings(old: str, new: str, name: str) -> list[str]:
+  """The dotted fields in which two fingerprints of stage `name` differ, less its RUN_CONTROL_FIELDS."""
+  if old == new:
+    return []
+  ignored = {f"{name}.{field}" for field in RUN_CONTROL_FIELDS}
+  return sorted(_diff(json.loads(old), json.loads(new)) - ignored)
+
+
 def _check_stage_config(stage_dir: epath.Path, fingerprint: str, name: str) -> None:
   """Refuses to mix outputs made with different settings in one stage directory."""
   path = stage_dir / "config.json"
   if path.exists():
-    previous = path.read_text()
-    if previous != fingerprint:
-      old, new = json.loads(previous), json.loads(fingerprint)
-      changed = sorted(_diff(old, new))
+    changed = changed_settings(path.read_text(), fingerprint, name)
+    if changed:
       raise cfg.ConfigError(
           f"{stage_dir} was made with different settings for stage {name!r} (changed: {', '.join(changed)}). "
           "Use a new --workdir, or delete that directory to redo the stage.")

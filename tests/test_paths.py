@@ -56,3 +56,18 @@ def test_local_metric_writer_appends_jsonl_and_tensorboard(tmp_path):
   assert [r["loss"] for r in read_metrics(tmp_path / "m")] == [0.0, 1.0, 2.0]
   events = [p for p in (tmp_path / "m").iterdir() if p.name.startswith("events.out.tfevents")]
   assert len(events) == 1 and b"loss" in events[0].read_bytes()
+
+
+def test_only_run_control_fields_of_the_stage_itself_may_change():
+  """Logging and checkpoint cadence do not change a stage's outputs; every other field does, including the
+  same names in another stage's settings that this stage's fingerprint holds."""
+  old = {"seed": 0, "echo": {"message": "hi", "log_every_steps": 5, "checkpoint_every_steps": 10,
+                             "keep_checkpoints": 2},
+         "upstream": {"checkpoint_every_steps": 10}}
+  new = json.loads(json.dumps(old))
+  new["echo"].update(log_every_steps=1, checkpoint_every_steps=3, keep_checkpoints=1)
+  assert runner.changed_settings(json.dumps(old), json.dumps(new), "echo") == []
+  new["upstream"]["checkpoint_every_steps"] = 3
+  new["echo"]["message"] = "bye"
+  assert runner.changed_settings(json.dumps(old), json.dumps(new), "echo") == [
+      "echo.message", "upstream.checkpoint_every_steps"]
