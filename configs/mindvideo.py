@@ -149,7 +149,7 @@ def demo() -> ml_collections.ConfigDict:
       # 32 tokens, the demo CLIP's text length, so cotrain can fit the caption readout (below) onto them.
       head=dict(out_tokens=32, out_dim=64, dropout=0.6, use_norm=False, readout_rank=256),
       optim=optim_config(lr=3e-4, weight_decay=0.05, warmup_steps=30, grad_clip_norm=1.0),
-      batch_size=32, num_steps=130, log_every_steps=50, checkpoint_every_steps=65)
+      batch_size=32, num_steps=110, log_every_steps=50, checkpoint_every_steps=55)
   # Test PSNR 19.6 dB after 300 steps (stars, hearts and arrows blur into blobs), 22.4 after 600, 24.3
   # after 900; 450 fits the 20-minute budget.
   config.vae_fit = vae_fit.stage_config(num_steps=450, checkpoint_every_steps=225)
@@ -165,9 +165,11 @@ def demo() -> ml_collections.ConfigDict:
   # object no better (1000 steps: classifier 2-way 0.834 either way). Min-SNR-5 weighting and a high
   # learning rate because there is no pretrained prior to protect (lr 2e-3 was no better). Training
   # length is what helps: frames drawn from the 96 test captions score 2-way 0.834 after 1000 steps
-  # and 0.875 after 2000; 1100 is what the 20-minute budget holds, with MBM pretraining 200 steps and
-  # alignment 130 (about 1 min less work than 1200 / 300 / 150, whose run took 20.4 min; on a shared 2-core
-  # host the spread between runs is as large: README).
+  # and 0.875 after 2000. 1000 is what the 20-minute budget holds, with MBM pretraining 200 steps and
+  # alignment 110: with 1100 and 130 the whole demo took 21.5 min on an Intel Xeon host on 2026-12-06
+  # (UNet fit 416 s of it); with these budgets 14.6 min on an AMD EPYC host, reconstructions' image
+  # 2-way 0.812 (0.823 with 1100 and 130; both with the readout penalty 1e3, below). A shared 2-core
+  # host's spread between runs is as large: README.
   config.unet_fit = unet_fit.stage_config(
       unet=dict(block_out_channels=(64, 128), layers_per_block=1, attention_head_dim=4,
                 cross_attention_dim=64, norm_num_groups=16,
@@ -175,7 +177,7 @@ def demo() -> ml_collections.ConfigDict:
                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")),
       schedule=schedule, snr_gamma=5.0,
       optim=optim_config(lr=1e-3, weight_decay=0.0, warmup_steps=50, grad_clip_norm=1.0),
-      batch_size=48, num_steps=1100, log_every_steps=100, checkpoint_every_steps=275)
+      batch_size=48, num_steps=1000, log_every_steps=100, checkpoint_every_steps=250)
   # video_finetune inflates it as it inflates SD 1.5's unet/ (sparse-causal attention, temporal attention
   # with a zero output projection) and trains every parameter on 6-frame clips.
   # The video stages train without Min-SNR weighting (snr_gamma 0, the plain v-loss). With v-prediction,
