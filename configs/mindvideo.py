@@ -217,12 +217,14 @@ def demo() -> ml_collections.ConfigDict:
   # captions DDIM 25, 50 and DPM-Solver++ 15 scored the same 2-way, 0.83-0.84). The "caption" baseline
   # (video_finetune's UNet on the true captions) shows what the generator makes of a perfect condition,
   # "ridge" what it makes of a linear decoder's (ridge from the fMRI, no encoder, no co-training).
+  # object_motion: the synthetic object tracked in every frame, its step per frame and how often it moves the
+  # real way (brainjax.eval.motion); the motion classifier alone cannot tell jitter from a wrong direction.
   config.evaluate = evaluate.stage_config(
       max_samples=24, batch_per_device=4, baselines=("shuffled", "mean_fmri", "caption", "ridge"),
       sample=dict(sampler="ddim", num_steps=25, guidance_scale=5.0, eta=0.0, seed=0, adversarial=True),
       image_classifier_path="stage:classifier_fit/image_classifier",
       video_classifier_path="stage:classifier_fit/video_classifier",
-      n_way=(2, 50), top_k=1, trials=100, report=dict(clips_per_subject=12))
+      n_way=(2, 50), top_k=1, trials=100, report=dict(clips_per_subject=12), object_motion=True)
   # python -m brainjax.ablate --config=configs/mindvideo.py:demo --workdir=DIR runs these.
   config.ablations = ml_collections.ConfigDict({
       "window1": ["data.window=1"],

@@ -23,6 +23,13 @@ def test_demo_preset_validates(recipe):
   runner.validate(_load("demo", recipe))
 
 
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_object_motion_is_scored_on_the_synthetic_demo_only(recipe):
+  # The tracker needs the synthetic benchmark's one saturated object; on natural movies it means nothing.
+  assert _load("demo", recipe).evaluate.object_motion is True
+  assert _load("paper", recipe).evaluate.object_motion is False
+
+
 def test_neuralflix_is_mindvideo_with_augmentation_unet_variant_and_dependent_noise():
   mind, flix = _load("paper"), _load("paper", "neuralflix")
   assert flix.stages == mind.stages

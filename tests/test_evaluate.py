@@ -303,6 +303,7 @@ def test_capped_n_way():
     ("sample.num_steps", 0, r"config.evaluate.sample.num_steps"),
     ("sample.eta", 2.0, r"config.evaluate.sample.eta"),
     ("report.clips_per_subject", -1, r"config.evaluate.report.clips_per_subject"),
+    ("object_motion", None, r"config.evaluate.object_motion = None: must be True"),
     ("data_overrides", {"windw": 3}, r"config.evaluate.data_overrides.windw"),
 ])
 def test_config_errors(tmp_path, field, value, match):

@@ -59,6 +59,14 @@ def _headline_rows(metrics: Mapping[str, Any], columns: Sequence[str]) -> list[l
       row = [f"{title} {entry['n']}-way top-{entry['top_k']}{capped}", _fmt(entry["mean"], entry["binomial_std"])]
       row += [_fmt(entry["baselines"].get(c)) for c in columns]
       rows.append(row)
+  motion = metrics.get("motion")
+  if motion:
+    baselines = motion["baselines"]
+    rows.append([f"motion direction agreement ({motion['scored']} clips)", _fmt(motion["direction_agreement"])]
+                + [_fmt(baselines.get(c)) for c in columns])
+    steps = motion["baseline_step_px"]
+    rows.append([f"object step, px per frame (ground truth {_fmt(motion['gt_step_px'], None, 1)})",
+                 _fmt(motion["step_px"], None, 1)] + [_fmt(steps.get(c), None, 1) for c in columns])
   return rows
 
 
@@ -119,7 +127,10 @@ def write_report(path: str | epath.PathLike, metrics: Mapping[str, Any], clips: 
       "frame, the video classifier each clip. Baselines: chance = the accuracy of predictions independent of "
       "the ground truth; shuffled pairs = each reconstruction scored against another clip's ground truth; "
       "mean-fMRI condition = generated from the mean test fMRI (no sample-specific information), same seeds."
-      "</p>",
+      + (" Motion (brainjax.eval.motion): the saturated object tracked in every frame; agreement = the share of "
+         "clips whose ground truth moves one clear way in which the object's net displacement points within 45 "
+         "degrees of it; step = the median distance it moves from frame to frame." if metrics.get("motion") else "")
+      + "</p>",
   ]
   for note in metrics.get("notes", ()):
     parts.append(f"<p class='note'>Note: {html.escape(note)}</p>")
