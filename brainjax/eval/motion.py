@@ -13,6 +13,7 @@ can be tracked directly, and these scores answer what a person watching the repo
                        (no saturated object, e.g. a white one).
   steps(centres, size) [N, T, 2] -> [N, T-1, 2] displacements between consecutive frames, taken the
                        short way round the torus.
+  follow(videos)       ObjectPath(steps, found in every frame): each clip tracked once.
   motion_scores(recon, gt, pairs=None)
                        per clip: `step_px`, the median distance the reconstruction's object moves from
                        one frame to the next (NaN unless tracked in every frame); `gt_step_px`, the same
@@ -25,6 +26,9 @@ can be tracked directly, and these scores answer what a person watching the repo
                        (an index per clip) the reconstruction is compared with ANOTHER clip's ground
                        truth: the shuffled-pairs baseline. A direction independent of the ground
                        truth's agrees with probability 1/4 (the chance level).
+  compare(recon_path, gt_path, pairs=None)
+                       the same scores from paths already followed (evaluate follows the ground truth
+                       once for the reconstructions and every baseline).
 
 On the synthetic test set the tracker is exact enough to trust: the ground truth's own net displacement
 points the captioned way in every scored window (tests/test_motion.py checks it on rendered clips).
@@ -80,20 +84,33 @@ class MotionScores(NamedTuple):
   agrees: np.ndarray      # [N] bool: the reconstruction moves within 45 degrees of it (False where not scored)
 
 
+class ObjectPath(NamedTuple):
+  steps: np.ndarray  # [N, T-1, 2] frame-to-frame displacements of the tracked object
+  found: np.ndarray  # [N] bool: tracked in every frame
+
+
+def follow(videos: np.ndarray) -> ObjectPath:
+  """Tracks every clip once; `compare` scores paths, so one ground truth serves every comparison."""
+  centres, found = track(videos)
+  return ObjectPath(steps(centres, videos.shape[2]), found.all(1))
+
+
 def motion_scores(recon: np.ndarray, gt: np.ndarray, pairs: np.ndarray | None = None, *,
                   min_net_px: float = 1.0) -> MotionScores:
   """Per-clip motion scores of reconstructions against their ground truth (or pairs[i]'s; see module doc)."""
   recon, gt = _check_videos(recon, "recon"), _check_videos(gt, "gt")
   if recon.shape != gt.shape:
     raise ValueError(f"recon {recon.shape} and gt {gt.shape} must have the same shape.")
-  size = gt.shape[2]
-  r_centres, r_found = track(recon)
-  g_centres, g_found = track(gt)
-  r_steps, g_steps = steps(r_centres, size), steps(g_centres, size)
-  r_all, g_all = r_found.all(1), g_found.all(1)
-  nan = np.full(len(gt), np.nan)
-  step_px = np.where(r_all, np.median(np.linalg.norm(r_steps, axis=-1), 1), nan)
-  gt_step_px = np.where(g_all, np.median(np.linalg.norm(g_steps, axis=-1), 1), nan)
+  return compare(follow(recon), follow(gt), pairs, min_net_px=min_net_px)
+
+
+def compare(recon: ObjectPath, gt: ObjectPath, pairs: np.ndarray | None = None, *,
+            min_net_px: float = 1.0) -> MotionScores:
+  """motion_scores on paths already followed."""
+  r_steps, g_steps = recon.steps, gt.steps
+  nan = np.full(len(g_steps), np.nan)
+  step_px = np.where(recon.found, np.median(np.linalg.norm(r_steps, axis=-1), 1), nan)
+  gt_step_px = np.where(gt.found, np.median(np.linalg.norm(g_steps, axis=-1), 1), nan)
 
   g_net = g_steps.sum(1)
   g_norm = np.linalg.norm(g_net, axis=-1)
@@ -103,16 +120,16 @@ def motion_scores(recon: np.ndarray, gt: np.ndarray, pairs: np.ndarray | None = 
   g_lengths = np.linalg.norm(g_steps, axis=-1)
   steady = (g_lengths <= 2 * np.median(g_lengths, 1, keepdims=True) + 1.0).all(1)
   consistent = (np.einsum("ntc,nc->nt", g_steps, unit) > 0).all(1) & steady
-  clean = g_all & (g_norm >= min_net_px) & consistent
+  clean = gt.found & (g_norm >= min_net_px) & consistent
   if pairs is not None:
     pairs = np.asarray(pairs)
-    if pairs.shape != (len(gt),) or not np.issubdtype(pairs.dtype, np.integer):
-      raise ValueError(f"pairs must be one integer index per clip, shape ({len(gt)},), got {pairs.shape} "
+    if pairs.shape != (len(g_steps),) or not np.issubdtype(pairs.dtype, np.integer):
+      raise ValueError(f"pairs must be one integer index per clip, shape ({len(g_steps)},), got {pairs.shape} "
                        f"{pairs.dtype}.")
     clean, unit = clean[pairs], unit[pairs]
   r_net = r_steps.sum(1)
   cosine = np.einsum("nc,nc->n", r_net, unit) / np.maximum(np.linalg.norm(r_net, axis=-1), 1e-9)
-  agrees = clean & r_all & (cosine > _COS_45)
+  agrees = clean & recon.found & (cosine > _COS_45)
   return MotionScores(step_px, gt_step_px, clean, agrees)
 
 

@@ -675,14 +675,14 @@ def compute_metrics(merged: dict[str, np.ndarray], stage: ml_collections.ConfigD
 
 def _motion_block(merged: dict[str, np.ndarray], partner: np.ndarray | None, generated: list[str]) -> dict:
   """Object-motion scores of the reconstructions, with chance, shuffled-pair and generated baselines."""
-  block = motion.summarise(motion.motion_scores(merged["video"], merged["real"]))
+  real, video = motion.follow(merged["real"]), motion.follow(merged["video"])
+  block = motion.summarise(motion.compare(video, real))
   block["baselines"] = {"chance": motion.CHANCE}
   block["baseline_step_px"] = {}
   if partner is not None:
-    shuffled = motion.motion_scores(merged["video"], merged["real"], partner)
-    block["baselines"]["shuffled"] = motion.summarise(shuffled)["direction_agreement"]
+    block["baselines"]["shuffled"] = motion.summarise(motion.compare(video, real, partner))["direction_agreement"]
   for b in generated:
-    summary = motion.summarise(motion.motion_scores(merged[f"{b}_video"], merged["real"]))
+    summary = motion.summarise(motion.compare(motion.follow(merged[f"{b}_video"]), real))
     block["baselines"][b] = summary["direction_agreement"]
     block["baseline_step_px"][b] = summary["step_px"]
   return block
