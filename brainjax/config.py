@@ -27,9 +27,11 @@ def select_preset(preset: str | None, presets: dict[str, Callable[[], ml_collect
   """Returns `presets[preset]()`; unknown names list the known ones."""
   name = preset or "paper"
   if name not in presets:
-    raise ConfigError(
+    error = ConfigError(
         f"{recipe}: unknown preset {name!r}; choose one of {sorted(presets)} "
         f"(e.g. --config=configs/{recipe}.py:demo)")
+    error.presets = list(presets)  # for `python -m brainjax.main --help`, which lists them
+    raise error
   config = presets[name]()
   config.preset = name
   return config
@@ -106,15 +108,3 @@ def subtree_json(config: ml_collections.ConfigDict, keys: Sequence[str]) -> str:
   picked = {k: (config[k].to_dict() if isinstance(config[k], ml_collections.ConfigDict) else config[k])
             for k in keys if k in config}
   return json.dumps(picked, sort_keys=True, default=str)
-
-
-def base_config() -> ml_collections.ConfigDict:
-  """Fields every recipe has: seed, mesh, logical-axis rules."""
-  from brainjax.train.sharding import DEFAULT_LOGICAL_AXIS_RULES
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  # Device mesh: one axis may be -1 (all remaining devices). Pure FSDP scales the
-  # ViT/UNet sizes of the papers; tensor parallelism is there for larger decoders.
-  config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
-  config.logical_axis_rules = [list(rule) for rule in DEFAULT_LOGICAL_AXIS_RULES]
-  return config

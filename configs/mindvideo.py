@@ -74,6 +74,8 @@ from brainjax.stages import (align, classifier_fit, clip_embed, clip_fit, cotrai
                              vae_fit, video_finetune)
 from brainjax.train.optim import optim_config
 
+common = cfg.sibling_recipe("common", __file__)
+
 
 def _finetune(pretrain: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
   """MBM fine-tuning on the target subject's own training fMRI (single TRs, each repeat)."""
@@ -87,7 +89,7 @@ def _finetune(pretrain: ml_collections.ConfigDict, **overrides) -> ml_collection
 
 
 def paper() -> ml_collections.ConfigDict:
-  config = cfg.base_config()
+  config = common.base_config()
   config.stages = ("mbm_pretrain", "mbm_finetune", "clip_embed", "align", "video_finetune", "cotrain", "evaluate")
   # cc2017 (Wen et al. 2018) for the video stages: 3 FPS, 256 x 256, reproducible voxels; HCP resting
   # state (V1-V4, every subject, MinD-Vis's ~7 s windows) for MBM. Build both once with
@@ -96,17 +98,32 @@ def paper() -> ml_collections.ConfigDict:
   # (add --data_dir=gs://BUCKET/tfds and set --config.data.data_dir to the same).
   config.data = data_config(name="cc2017", builder_config="mindvideo", subjects=[0], window=2, hrf_shift_trs=2,
                             voxel_padding="wrap")
-  # HCP has no test split; mbm_finetune reports the masked-patch correlation on cc2017's test fMRI.
-  config.mbm_pretrain = mbm_pretrain.stage_config(eval_split="")
+  # SC-MBM (§3.2, supplement A): ViT 24 x 1024 with 16 heads and mlp ratio 1, decoder 8 x 512, patch 16,
+  # mask ratio 0.75; AdamW lr 2.5e-4, betas (0.9, 0.95), weight decay 0.05, gradient clip 0.8, batch 500,
+  # cosine decay after warm-up. The paper warms up for 40 epochs: warmup_steps = 40 * windows_per_epoch /
+  # batch_size; 4000 assumes ~50k HCP windows (the build summary prints the count). HCP has no test split;
+  # mbm_finetune reports the masked-patch correlation on cc2017's test fMRI.
+  config.mbm_pretrain = mbm_pretrain.stage_config(
+      eval_split="",
+      model=model_config(patch_size=16, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=1.0,
+                         decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mask_ratio=0.75),
+      optim=optim_config(name="adamw", lr=2.5e-4, b1=0.9, b2=0.95, weight_decay=0.05, grad_clip_norm=0.8,
+                         schedule="cosine", warmup_steps=4_000),
+      batch_size=500)
   config.mbm_pretrain.data_overrides.update(name="hcp", builder_config="mindvis", subjects=(), window=1,
                                             temporal_average=10, stride=10, hrf_shift_trs=0)
-  # The paper warms up for 40 epochs: warmup_steps = 40 * windows_per_epoch / batch_size;
-  # 4000 assumes ~50k HCP windows (the build summary prints the count).
-  config.mbm_pretrain.optim.warmup_steps = 4_000
   config.mbm_finetune = _finetune(config.mbm_pretrain)
   # openai/clip-vit-large-patch14 (what SD 1.5 conditions on): set both paths.
   config.clip_embed = clip_embed.stage_config(text_path="", vision_path="")
-  config.align = align.stage_config(init_from="stage:mbm_finetune")
+  # §3.3: the windowed encoder (window 2, from MBM) with the projection to 77 x 768 (SD's condition), 20%
+  # random sparsification, head dropout 0.6, the text + image CLIP losses averaged, a learned temperature.
+  config.align = align.stage_config(
+      init_from="stage:mbm_finetune",
+      encoder=dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=1.0, remat=False,
+                   per_subject_patch_embed=False),
+      head=dict(out_tokens=77, out_dim=768, dropout=0.6, use_norm=False, readout_rank=0),
+      modalities=("text", "image"), emb_reduction="mean", temperature=0.07, learn_temperature=True,
+      sparsify_rate=0.2)
   # Supplement B: SD 1.5 inflated, 6 frames (3 FPS x 2 s) at 256 x 256, lr 2e-5, batch 14, 800 steps,
   # training attn1, attn2 and the temporal attention. Set unet_path / vae_path to a copy of SD 1.5.
   # attention_query_chunk: SD's attn1 at 32x32 has scores of [8 heads, 1024, 2048] per frame; chunks of 256
@@ -114,11 +131,14 @@ def paper() -> ml_collections.ConfigDict:
   # device; same results).
   config.video_finetune = video_finetune.stage_config(
       unet_path="", vae_path="", variant="mindvideo", num_frames=6, resolution=256, remat=True,
-      attention_query_chunk=256,
+      attention_query_chunk=256, batch_size=14, num_steps=800,
+      optim=optim_config(lr=2e-5, weight_decay=0.0, warmup_steps=0, schedule="constant", grad_clip_norm=1.0),
       sample=dict(count=8, sampler="ddim", num_steps=50, guidance_scale=12.5, eta=0.0, seed=0))
   config.video_finetune.optim.trainable = [video_unet.trainable_pattern("mindvideo")]
   # Supplement B: the encoder and the UNet's attention trained together, batch 9, lr 3e-5.
-  config.cotrain = cotrain.stage_config(num_frames=6, resolution=256, remat=True, attention_query_chunk=256)
+  config.cotrain = cotrain.stage_config(num_frames=6, resolution=256, remat=True, attention_query_chunk=256,
+                                        batch_size=9)
+  config.cotrain.optim.lr = 3e-5
   # §4.3: every test window, DDIM 200 steps, adversarial guidance 12.5. Set the classifier paths to
   # copies of google/vit-base-patch16-224 and MCG-NJU/videomae-base-finetuned-kinetics ("" skips one).
   config.evaluate = evaluate.stage_config(
@@ -129,7 +149,7 @@ def paper() -> ml_collections.ConfigDict:
 
 
 def demo() -> ml_collections.ConfigDict:
-  config = cfg.base_config()
+  config = common.base_config()
   config.stages = ("mbm_pretrain", "mbm_finetune", "clip_fit", "clip_embed", "align", "vae_fit", "unet_fit",
                    "video_finetune", "cotrain", "classifier_fit", "evaluate")
   # 32 x 32 frames with larger objects: every stage is ~4x cheaper than at 64 px and shapes stay legible.

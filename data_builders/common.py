@@ -66,6 +66,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from brainjax.data.errors import ReleaseError  # noqa: F401 -- raised here, re-exported for the builders
+
 LAYOUTS = ("shared", "per_subject")
 RESPONSES = ("bold", "beta")
 
@@ -81,10 +83,6 @@ class DatasetInfo(tfds.core.DatasetInfo):
 
   def initialize_from_bucket(self) -> None:
     pass
-
-
-class ReleaseError(ValueError):
-  """The user's copy of a dataset is missing files or holds unexpected data."""
 
 
 def manual_path(manual_dir: str | epath.PathLike | None, dataset: str, expected: str) -> epath.Path:

@@ -52,5 +52,5 @@ def fake_gcs(tmp_path):
 def video_run(tmp_path_factory):
   """The tiny video recipe trained through cotrain once per session: (config, workdir, summaries).
   Read-only for its users (test_video_stages, test_evaluate): they copy or link, never write into it."""
-  from tests.test_video_stages import train_video_stages
+  from tests.helpers import train_video_stages
   return train_video_stages(tmp_path_factory.mktemp("video"))

@@ -15,6 +15,11 @@ def load_recipe(name: str, preset: str = "demo") -> ml_collections.ConfigDict:
   return config_lib.sibling_recipe(name, "configs/_.py").get_config(preset)
 
 
+def base_config() -> ml_collections.ConfigDict:
+  """The fields every recipe has (configs/common.py): seed, mesh, logical-axis rules."""
+  return config_lib.sibling_recipe("common", "configs/_.py").base_config()
+
+
 def tiny_mbm_config(data_dir: str, *, num_steps: int = 40, checkpoint_every: int = 10) -> ml_collections.ConfigDict:
   config = load_recipe("mindvideo", "demo")
   with config.unlocked():
@@ -62,9 +67,58 @@ def tiny_mindvideo_config(data_dir: str, *, steps: int = 20) -> ml_collections.C
     model = config.mbm_pretrain.model
     config.align.encoder.update(embed_dim=model.embed_dim, depth=model.depth, num_heads=model.num_heads)
     config.align.head.update(out_tokens=8, out_dim=16, readout_rank=0)
-    config.cotrain.readout_fit.alpha = 0.0  # the caption readout needs out_tokens = the text length; see test_video_stages
+    config.cotrain.readout_fit.alpha = 0.0  # the caption readout needs out_tokens = the text length; see tiny_video_config
     config.align.retrieval_candidates = 20
   return config
+
+
+def tiny_video_config(data_dir: str, steps: int = 6) -> ml_collections.ConfigDict:
+  """The demo's video stages (clip_fit ... cotrain) on top of `tiny_mindvideo_config`, shrunk to seconds
+  each (tests/test_video_stages.py, tests/test_evaluate.py)."""
+  config = tiny_mindvideo_config(data_dir, steps=steps)
+  with config.unlocked():
+    config.stages = ("clip_fit", "clip_embed", "align", "vae_fit", "unet_fit", "video_finetune", "cotrain")
+    config.align.init_from = ""
+    config.vae_fit.model.update(block_out_channels=(16, 16, 16), norm_num_groups=8)
+    config.vae_fit.update(batch_size=8, num_steps=steps, checkpoint_every_steps=steps, log_every_steps=2)
+    config.vae_fit.optim.warmup_steps = 1
+    image = config.unet_fit
+    image.unet.update(block_out_channels=(16, 32), attention_head_dim=2, cross_attention_dim=16, norm_num_groups=8,
+                      down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    image.update(batch_size=8, num_steps=steps, checkpoint_every_steps=steps, log_every_steps=2)
+    image.optim.warmup_steps = 1
+    image.sample.update(count=3, num_steps=4)
+    stage = config.video_finetune
+    stage.num_frames = 4
+    stage.update(batch_size=8, num_steps=steps, checkpoint_every_steps=steps, log_every_steps=2)
+    stage.optim.warmup_steps = 1
+    stage.sample.update(count=3, num_steps=4)
+    # The caption readout: 32 condition tokens, the tiny CLIP's text length, fitted before co-training.
+    config.align.head.update(out_tokens=32, readout_rank=8)
+    co = config.cotrain
+    co.readout_fit.alpha = 1.0
+    co.update(num_frames=4, batch_size=8, num_steps=steps, checkpoint_every_steps=steps, log_every_steps=2)
+    co.optim.warmup_steps = 1
+    co.sample.update(count=2, num_steps=3)
+  return config
+
+
+def train_video_stages(root) -> tuple:
+  """Runs the tiny recipe clip_embed -> ... -> cotrain once (conftest's session fixture `video_run`, shared
+  with tests/test_evaluate.py): (config, workdir, summaries)."""
+  from etils import epath
+
+  from brainjax import runner
+
+  config = tiny_video_config(str(root / "data"))
+  clip_dir = save_random_clip(str(root / "clip"))
+  with config.unlocked():
+    config.stages = tuple(s for s in config.stages if s != "clip_fit")
+    config.clip_embed.update(text_path=f"{clip_dir}/text", vision_path=f"{clip_dir}/vision")
+    config.video_finetune.eval_vision_path = f"{clip_dir}/vision"
+  summaries = runner.run(config, str(root / "run"))
+  return config, epath.Path(root / "run"), summaries
 
 
 # A second tiny dataset for the multi-dataset tests: another seed, one subject with its own voxel count.

@@ -95,7 +95,7 @@ def test_aligner_keeps_voxel_padding_out_of_the_caption_readout():
   garbage past `num_voxels` leaves the condition unchanged, and the real voxels do change it."""
   from brainjax.models import fmri_encoder
   v, p = 64, 16
-  model = align.FmriAligner(
+  model = fmri_encoder.FmriAligner(
       fmri_encoder.FmriEncoder(num_voxels=v, window=2, patch_size=p, embed_dim=16, depth=1, num_heads=2),
       fmri_encoder.ProjectionHead(out_tokens=3, out_dim=8, readout_rank=4), clip_dim=8)
   rng = np.random.default_rng(0)

@@ -279,7 +279,8 @@ def test_config_errors_name_the_field():
 
 
 def test_synthetic_release_round_trip(tmp_path):
-  from brainjax.data import synthetic, synthetic_release
+  from brainjax.data import synthetic
+  from data_builders.synthetic import release as synthetic_release
   from data_builders import synthetic as synthetic_builder
 
   spec = synthetic.SyntheticSpec(resolution=16, num_subjects=2, voxels_per_subject=(24, 30), train_segments=2,

@@ -1,4 +1,4 @@
-"""The declarative weight mapping (brainjax.convert.mapping) and checkpoint directory I/O."""
+"""The declarative weight mapping (brainjax.weights.mapping) and checkpoint directory I/O."""
 
 import json
 import os
@@ -12,8 +12,8 @@ import torch
 from safetensors.numpy import save_file as np_save_file
 from safetensors.torch import save_file as torch_save_file
 
-from brainjax.convert import checkpoint_io as cio
-from brainjax.convert import mapping as mp
+from brainjax.weights import checkpoint_io as cio
+from brainjax.weights import mapping as mp
 
 
 # A toy model touching every helper: conv stem, repeated blocks, norm, embedding, free param.

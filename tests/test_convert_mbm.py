@@ -21,10 +21,10 @@ import safetensors.torch
 import torch
 from etils import epath
 
-from brainjax.convert import checkpoint_io
+from brainjax.weights import checkpoint_io
 from brainjax.convert import mbm as convert
 from brainjax.models import fmri_encoder, layers, mbm
-from brainjax.stages import common
+from brainjax import artifacts
 from tests import torch_reference as ref
 
 # (num_voxels, patch, embed, depth, heads, decoder embed, decoder depth, decoder heads, mlp ratio, mask ratio, batch)
@@ -67,12 +67,6 @@ def _encoder_config(name: str) -> dict:
               use_temp_attn=window > 1, logit_scale_init_value=1.0, _class_name="fMRIEncoder")
 
 
-def _write_mindvideo_folder(directory, config: dict, module: torch.nn.Module) -> None:
-  """What MindVideo's release ships: config.json and a pickled {'model': state_dict}."""
-  directory = epath.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  (directory / "config.json").write_text(json.dumps(config))
-  _save_pth(directory / "model.pth", {"model": module.state_dict()})
 
 
 # ------------------------------------------------------------------------------------------------- parity
@@ -111,7 +105,7 @@ def test_fmri_encoder_matches_mindvideo(name, tmp_path):
   config = _encoder_config(name)
   batch = ENCODER_CONFIGS[name][-1]
   torch_model = ref.randomize_(ref.FmriEncoderTorch(**config), seed=3).eval()
-  _write_mindvideo_folder(tmp_path / "fmri_encoder", config, torch_model)
+  ref.write_mindvideo_encoder_folder(tmp_path / "fmri_encoder", config, torch_model)
   model, params = convert.load_mindvideo_fmri_encoder(tmp_path / "fmri_encoder")
   assert model.encoder.window == config["window_size"]
   assert ("attn_temp" in params["encoder"]["encoder"]["block_0"]) == (config["window_size"] > 1)
@@ -129,7 +123,7 @@ def test_layer_norm_eps_is_torchs():
   """Low-variance tokens make eps visible: the converted model's blocks must match torch's nn.LayerNorm (1e-5)."""
   model, _, _ = convert.mbm_from_state_dict(_numpy_state(_torch_mbm("mindvis-like")), _heads("mindvis-like"))
   block = ref.randomize_(ref.Block(32, 4, 1.0), seed=12)
-  tree = convert.MBM_TABLE.to_flax({f"blocks.0.{k}": v for k, v in _numpy_state(block).items()})
+  tree = mbm.MBM_TABLE.to_flax({f"blocks.0.{k}": v for k, v in _numpy_state(block).items()})
   x = (1e-3 * np.random.default_rng(13).standard_normal((2, 5, 32))).astype(np.float32)
   ours = layers.Block(4, 1.0, norm_eps=model.norm_eps).apply({"params": tree["encoder"]["block_0"]}, jnp.asarray(x))
   with torch.no_grad():
@@ -216,7 +210,7 @@ def test_orbax_import_and_export_through_params_dirs(tmp_path):
   torch_model = _torch_mbm("mindvis-like")
   _save_pth(tmp_path / "mbm.pth", {"model": torch_model.state_dict(), "config": _heads("mindvis-like")})
   out = convert.import_mindvis_mbm(tmp_path / "mbm.pth", tmp_path / "mbm_pretrain")
-  params, meta = common.load_params(out)
+  params, meta = artifacts.load_params(out)
   assert meta["kind"] == "mbm" and meta["num_voxels"] == 320
   model = mbm.build(ml_collections.ConfigDict(meta["model"]), meta["num_voxels"])
   _, direct, _ = convert.load_mindvis_mbm(tmp_path / "mbm.pth")
@@ -225,9 +219,10 @@ def test_orbax_import_and_export_through_params_dirs(tmp_path):
   # An MBM encoder initialises a window-2 encoder (temporal attention keeps its init).
   config = _encoder_config("window2") | {"embed_dim": 32, "num_heads": 4, "depth": 2, "num_voxels": 320,
                                          "mlp_ratio": 1.0}
-  _write_mindvideo_folder(tmp_path / "fmri_encoder", config, ref.randomize_(ref.FmriEncoderTorch(**config), 11))
+  ref.write_mindvideo_encoder_folder(tmp_path / "fmri_encoder", config,
+                                     ref.randomize_(ref.FmriEncoderTorch(**config), 11))
   enc_dir = convert.import_mindvideo_fmri_encoder(tmp_path / "fmri_encoder", tmp_path / "align")
-  enc_params, enc_meta = common.load_params(enc_dir)
+  enc_params, enc_meta = artifacts.load_params(enc_dir)
   merged = {**enc_params, "encoder": fmri_encoder.init_from_mbm(enc_params["encoder"], params)}
   np.testing.assert_array_equal(merged["encoder"]["encoder"]["block_1"]["mlp"]["fc2"]["kernel"],
                                 params["encoder"]["block_1"]["mlp"]["fc2"]["kernel"])
@@ -246,7 +241,7 @@ def test_export_of_the_align_stage_product(tmp_path):
   aligner = align.build(stage, num_voxels=160, window=2, clip_dim=12)
   x = np.random.default_rng(14).standard_normal((2, 2, 160)).astype(np.float32)
   params = _perturbed(nn.meta.unbox(jax.jit(aligner.init)(jax.random.PRNGKey(0), x)["params"]))
-  common.save_params(tmp_path / "align", params, {"kind": "fmri_aligner", "num_voxels": 160, "window": 2,
+  artifacts.save_params(tmp_path / "align", params, {"kind": "fmri_aligner", "num_voxels": 160, "window": 2,
                                                   "clip_dim": 12, "align": stage.to_dict()})
   convert.export_mindvideo_fmri_encoder(tmp_path / "align", tmp_path / "fmri_encoder", torch_pickle=True)
   torch_model = ref.FmriEncoderTorch(**json.loads((tmp_path / "fmri_encoder/config.json").read_text())).eval()
@@ -364,7 +359,7 @@ def test_encoder_config_errors_are_named(tmp_path):
                                          head=model.head.clone(readout_rank=4)))
   # A MindVideo folder whose weights are for another window size.
   config = _encoder_config("window2")
-  _write_mindvideo_folder(tmp_path / "enc", config | {"window_size": 3}, ref.FmriEncoderTorch(**config))
+  ref.write_mindvideo_encoder_folder(tmp_path / "enc", config | {"window_size": 3}, ref.FmriEncoderTorch(**config))
   with pytest.raises(convert.ConversionError, match=r"proj_head\.channel_mapper\.weight -> head/channel_mapper/kernel"):
     convert.load_mindvideo_fmri_encoder(tmp_path / "enc")
   with pytest.raises(checkpoint_io.CheckpointNotFoundError, match="config.json"):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from etils import epath
 
-from brainjax import runner
+from brainjax import artifacts, runner
 from brainjax.config import ConfigError
 from brainjax.data import pipeline
 from brainjax.stages import common
@@ -177,8 +177,8 @@ def test_mbm_and_align_train_jointly_over_two_datasets(joint_run):
     assert summaries[name]["num_datasets"] == 2 and summaries[name]["num_subjects_total"] == 3
   assert len(summaries["mbm_pretrain"]["test_masked_patch_corr_by_dataset"]) == 2
   assert 0.0 <= summaries["align"]["fmri_to_image_top1/dataset_1"] <= 1.0
-  mbm_params, mbm_meta = common.load_params(epath.Path(workdir) / "mbm_pretrain")
-  align_params, align_meta = common.load_params(epath.Path(workdir) / "align")
+  mbm_params, mbm_meta = artifacts.load_params(epath.Path(workdir) / "mbm_pretrain")
+  align_params, align_meta = artifacts.load_params(epath.Path(workdir) / "align")
   assert mbm_params["patch_embed"]["kernel"].shape[0] == 3  # one row per (dataset, subject)
   assert align_params["encoder"]["patch_embed"]["kernel"].shape[0] == 3
   assert len(mbm_meta["subject_table"]) == 3 and mbm_meta["subject_table"] == align_meta["subject_table"]

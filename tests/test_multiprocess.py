@@ -15,8 +15,7 @@ import portpicker
 import pytest
 from etils import epath
 
-from brainjax import runner
-from brainjax.stages import common
+from brainjax import artifacts, runner
 from brainjax.train.metric_writer import read_metrics
 from tests import helpers
 
@@ -28,7 +27,7 @@ def test_two_processes_match_one(tmp_path):
   num_steps = 12
   ref_dir = str(tmp_path / "one_process")
   runner.run(helpers.tiny_mbm_config(data_dir, num_steps=num_steps, checkpoint_every=5), ref_dir)
-  reference, _ = common.load_params(epath.Path(ref_dir) / "mbm_pretrain")
+  reference, _ = artifacts.load_params(epath.Path(ref_dir) / "mbm_pretrain")
 
   recipe = tmp_path / "recipe.py"
   recipe.write_text("from tests import helpers\n"
@@ -45,7 +44,7 @@ def test_two_processes_match_one(tmp_path):
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-4000:]
   assert "process 1 of 2, 4 local / 8 global devices" in outs[1]
-  params, _ = common.load_params(epath.Path(workdir) / "mbm_pretrain")
+  params, _ = artifacts.load_params(epath.Path(workdir) / "mbm_pretrain")
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   losses = [[r["loss"] for r in read_metrics(epath.Path(d) / "mbm_pretrain" / "metrics") if "loss" in r]

@@ -7,14 +7,14 @@ import ml_collections
 import pytest
 from etils import epath
 
-from brainjax import config as cfg
 from brainjax import runner, stages
 from brainjax.config import ConfigError
 from brainjax.train.metric_writer import MetricWriter, read_metrics
+from tests import helpers
 
 
 def _config(message="hello"):
-  config = cfg.base_config()
+  config = helpers.base_config()
   config.stages = ["echo"]
   config.echo = ml_collections.ConfigDict({"message": message})
   return config

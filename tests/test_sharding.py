@@ -110,7 +110,7 @@ def test_trainable_subset_trains_only_the_matching_params_sharded():
   for _ in range(2):  # the warm-up's first step has lr 0
     state, _ = step(state, shd.global_batch({"fmri": data}, batch_sharding))
   after = jax.device_get(state.params)
-  from brainjax.convert.mapping import flatten
+  from brainjax.weights.mapping import flatten
   moved = {k for k, v in flatten(after).items() if not np.array_equal(v, flatten(before)[k])}
   assert moved and all(k.startswith("decoder") or "block_0/attn/" in k for k in moved)
   assert any(k.startswith("decoder") for k in moved) and any("block_0/attn/" in k for k in moved)
@@ -143,7 +143,7 @@ def test_frozen_params_get_no_weight_gradients_and_the_trained_ones_step_as_befo
     for _ in range(2):  # the warm-up's first step has lr 0
       state, metrics = step(state, batch)
     out[name] = (jax.device_get(state.params), float(metrics["grad_norm"]))
-  from brainjax.convert.mapping import flatten
+  from brainjax.weights.mapping import flatten
   all_params, subset_params = flatten(out["all"][0]), flatten(out["subset"][0])
   for key, value in all_params.items():
     np.testing.assert_allclose(subset_params[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
@@ -174,7 +174,7 @@ def test_random_init_is_the_models_init_sharded_and_compiled_at_the_cheap_level(
   expected = jax.jit(lambda r: nn.meta.unbox(model.init({"params": r}, jnp.zeros((1, 256)), r)))(init_rng)["params"]
   for leaf, sharding in zip(jax.tree.leaves(state.params), jax.tree.leaves(shardings.params)):
     assert leaf.sharding == sharding
-  from brainjax.convert.mapping import flatten
+  from brainjax.weights.mapping import flatten
   got, want = flatten(jax.device_get(state.params)), flatten(jax.device_get(expected))
   assert got.keys() == want.keys()
   for key, value in want.items():
@@ -224,7 +224,7 @@ def test_state_around_given_params_equals_init_then_overlay_and_never_runs_the_i
                   jax.tree.leaves(jax.device_get(step(expect, data)[0].params))):
     np.testing.assert_array_equal(a, b)
 
-  from brainjax.convert.mapping import flatten, unflatten
+  from brainjax.weights.mapping import flatten, unflatten
   flat = flatten(given)
   key = "encoder/block_0/attn/qkv/kernel"
   with pytest.raises(ValueError, match=r"1 missing \(e\.g\. \['encoder/block_0/attn/qkv/kernel'\]\)"):

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from etils import epath
 
 from brainjax import config as cfg
 from brainjax import media, runner
@@ -16,49 +15,6 @@ from brainjax.models import video_unet as vu
 from tests import helpers
 
 pytestmark = pytest.mark.slow
-
-
-def tiny_video_config(data_dir: str, steps: int = 6):
-  config = helpers.tiny_mindvideo_config(data_dir, steps=steps)
-  with config.unlocked():
-    config.stages = ("clip_fit", "clip_embed", "align", "vae_fit", "unet_fit", "video_finetune", "cotrain")
-    config.align.init_from = ""
-    config.vae_fit.model.update(block_out_channels=(16, 16, 16), norm_num_groups=8)
-    config.vae_fit.update(batch_size=8, num_steps=steps, checkpoint_every_steps=steps, log_every_steps=2)
-    config.vae_fit.optim.warmup_steps = 1
-    image = config.unet_fit
-    image.unet.update(block_out_channels=(16, 32), attention_head_dim=2, cross_attention_dim=16, norm_num_groups=8,
-                      down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
-    image.update(batch_size=8, num_steps=steps, checkpoint_every_steps=steps, log_every_steps=2)
-    image.optim.warmup_steps = 1
-    image.sample.update(count=3, num_steps=4)
-    stage = config.video_finetune
-    stage.num_frames = 4
-    stage.update(batch_size=8, num_steps=steps, checkpoint_every_steps=steps, log_every_steps=2)
-    stage.optim.warmup_steps = 1
-    stage.sample.update(count=3, num_steps=4)
-    # The caption readout: 32 condition tokens, the tiny CLIP's text length, fitted before co-training.
-    config.align.head.update(out_tokens=32, readout_rank=8)
-    co = config.cotrain
-    co.readout_fit.alpha = 1.0
-    co.update(num_frames=4, batch_size=8, num_steps=steps, checkpoint_every_steps=steps, log_every_steps=2)
-    co.optim.warmup_steps = 1
-    co.sample.update(count=2, num_steps=3)
-  return config
-
-
-def train_video_stages(root) -> tuple:
-  """Runs the tiny recipe clip_embed -> ... -> cotrain once (conftest's session fixture `video_run`, shared
-  with tests/test_evaluate.py): (config, workdir, summaries)."""
-  config = tiny_video_config(str(root / "data"))
-  clip_dir = helpers.save_random_clip(str(root / "clip"))
-  with config.unlocked():
-    config.stages = tuple(s for s in config.stages if s != "clip_fit")
-    config.clip_embed.update(text_path=f"{clip_dir}/text", vision_path=f"{clip_dir}/vision")
-    config.video_finetune.eval_vision_path = f"{clip_dir}/vision"
-  summaries = runner.run(config, str(root / "run"))
-  return config, epath.Path(root / "run"), summaries
 
 
 @pytest.fixture
@@ -141,7 +97,8 @@ def test_cotrain_conditions_the_unet_on_fmri_and_saves_both(finished):
   config, workdir, summaries = finished
   assert summaries["cotrain"]["steps"] == config.cotrain.num_steps and summaries["cotrain"]["samples"] == 2
   from brainjax.stages import cotrain
-  encoder, _, meta = cotrain.load_encoder(workdir / "cotrain")
+  from brainjax.models import fmri_encoder
+  encoder, _, meta = fmri_encoder.load(workdir / "cotrain")
   assert meta["trained_by"] == "cotrain" and encoder.head.out_dim == 16 and encoder.head.readout_rank == 8
   # The readout, fitted to the captions before co-training, brings the condition closer to them than align's head.
   fit = summaries["cotrain"]
@@ -151,7 +108,7 @@ def test_cotrain_conditions_the_unet_on_fmri_and_saves_both(finished):
     cotrain.fit_caption_readout(short, {}, config.data, workdir / "clip_embed", 1.0)
   module, params = vu.load_video_unet(workdir / "cotrain" / "unet")
   _, before = vu.load_video_unet(workdir / "video_finetune" / "unet")
-  from brainjax.convert import mapping as mp
+  from brainjax.weights import mapping as mp
   flat, flat0 = mp.flatten(params), mp.flatten(before)
   changed = {k for k in flat if not np.array_equal(flat[k], flat0[k])}
   # only the attention layers of the UNet are trained (MinD-Video supplement B)
@@ -161,69 +118,69 @@ def test_cotrain_conditions_the_unet_on_fmri_and_saves_both(finished):
 
 
 def test_video_stage_config_errors(tmp_path):
-  config = tiny_video_config(str(tmp_path / "data"))
+  config = helpers.tiny_video_config(str(tmp_path / "data"))
   with config.unlocked():
     config.video_finetune.unet_path = ""
   with pytest.raises(ConfigError, match="give unet_path"):
     runner.validate(config)
-  config = tiny_video_config(str(tmp_path / "data"))
+  config = helpers.tiny_video_config(str(tmp_path / "data"))
   with config.unlocked():
     config.stages = ("clip_fit", "clip_embed", "align", "vae_fit", "video_finetune", "unet_fit", "cotrain")
   with pytest.raises(ConfigError, match="needs stage 'unet_fit' to run before"):
     runner.validate(config)
-  config = tiny_video_config(str(tmp_path / "data"))
+  config = helpers.tiny_video_config(str(tmp_path / "data"))
   with config.unlocked():
     config.unet_fit.unet.norm_num_groups = 5  # does not divide the 16 / 32 channels
   with pytest.raises(ConfigError, match="config.unet_fit.unet"):
     runner.validate(config)
-  config = tiny_video_config(str(tmp_path / "data"))
+  config = helpers.tiny_video_config(str(tmp_path / "data"))
   with config.unlocked():
     config.unet_fit.uncond_prob = -0.1
   with pytest.raises(ConfigError, match="unet_fit.uncond_prob"):
     runner.validate(config)
-  config = tiny_video_config(str(tmp_path / "data"))
+  config = helpers.tiny_video_config(str(tmp_path / "data"))
   with config.unlocked():
     config.unet_fit.schedule.prediction_type = "x0"
   with pytest.raises(ConfigError, match="config.unet_fit.schedule"):
     runner.validate(config)
-  config = tiny_video_config(str(tmp_path / "data"))
+  config = helpers.tiny_video_config(str(tmp_path / "data"))
   with config.unlocked():
     config.stages = ("unet_fit",)
     config.data.update(name="cc2017", builder_config="mindvideo")
   with pytest.raises(ConfigError, match="unet_fit trains a stand-in"):
     runner.validate(config)
-  config = tiny_video_config(str(tmp_path / "data"))
+  config = helpers.tiny_video_config(str(tmp_path / "data"))
   with config.unlocked():
     config.stages = ["clip_fit", "clip_embed", "video_finetune", "vae_fit"]
   with pytest.raises(ConfigError, match="needs stage 'vae_fit' to run before"):
     runner.validate(config)
-  config = tiny_video_config(str(tmp_path / "data"))
+  config = helpers.tiny_video_config(str(tmp_path / "data"))
   with config.unlocked():
     config.video_finetune.variant = "animatediff"
   with pytest.raises(ConfigError, match="variant"):
     runner.validate(config)
-  config = tiny_video_config(str(tmp_path / "data"))
+  config = helpers.tiny_video_config(str(tmp_path / "data"))
   with config.unlocked():
     config.video_finetune.unet_path = ""
     config.video_finetune.unet = dict(config.unet_fit.unet.to_dict(), norm_num_groups=5)
   with pytest.raises(ConfigError, match="config.video_finetune.unet"):
     runner.validate(config)
-  config = tiny_video_config(str(tmp_path / "data"))
+  config = helpers.tiny_video_config(str(tmp_path / "data"))
   with config.unlocked():
     config.video_finetune.uncond_prob = 1.5
   with pytest.raises(ConfigError, match="uncond_prob"):
     runner.validate(config)
-  config = tiny_video_config(str(tmp_path / "data"))
+  config = helpers.tiny_video_config(str(tmp_path / "data"))
   with config.unlocked():
     config.stages = ("clip_fit", "clip_embed", "vae_fit", "unet_fit", "video_finetune", "cotrain", "align")
   with pytest.raises(ConfigError, match="needs stage 'align' to run before 'cotrain'"):
     runner.validate(config)
-  config = tiny_video_config(str(tmp_path / "data"))
+  config = helpers.tiny_video_config(str(tmp_path / "data"))
   with config.unlocked():
     config.vae_fit.resolution = -16
   with pytest.raises(ConfigError, match="config.vae_fit.resolution = -16"):
     runner.validate(config)
-  config = tiny_video_config(str(tmp_path / "data"))
+  config = helpers.tiny_video_config(str(tmp_path / "data"))
   with config.unlocked():
     config.cotrain.schedule.beta_end = 0.02  # not the betas video_finetune trained the UNet with
   with pytest.raises(ConfigError, match=r"config.cotrain.schedule differs .* \['beta_end'\]"):
@@ -233,7 +190,7 @@ def test_video_stage_config_errors(tmp_path):
       ("align.head.readout_rank", -2, r"config.align.head.readout_rank = -2: must be a non-negative integer"),
       ("cotrain.readout_fit.alpha", -1.0, r"config.cotrain.readout_fit.alpha = -1.0: must be a non-negative"),
       ("cotrain.readout_fit.text_cache", "", "readout_fit.text_cache is empty")):
-    config = tiny_video_config(str(tmp_path / "data"))
+    config = helpers.tiny_video_config(str(tmp_path / "data"))
     with config.unlocked():
       parent, _, leaf = field.rpartition(".")
       cfg.get_path(config, parent)[leaf] = value
@@ -255,6 +212,6 @@ def test_frames_are_resized_once_the_same_way_for_every_stage():
 
 
 def test_too_many_frames_per_clip_is_a_config_error():
-  from brainjax.stages import video_finetune
+  from brainjax.data import stimuli
   with pytest.raises(ConfigError, match="num_frames = 8"):
-    video_finetune.clip_frames(np.zeros((2, 6, 4, 4, 3), np.uint8), 8, "the stimuli")
+    stimuli.clip_frames(np.zeros((2, 6, 4, 4, 3), np.uint8), 8, "the stimuli")

@@ -14,8 +14,8 @@ from diffusers import UNet2DConditionModel as TorchUNet
 from diffusers.utils import logging as diffusers_logging
 from safetensors.numpy import load_file
 
-from brainjax.convert import ConversionError
-from brainjax.convert import mapping as mp
+from brainjax.weights import ConversionError
+from brainjax.weights import mapping as mp
 from brainjax.models import unet
 from brainjax.models import video_unet as vu
 from brainjax.train.optim import trainable_labels

@@ -256,3 +256,17 @@ def randomize_(module: nn.Module, seed: int, scale: float = 0.2) -> nn.Module:
       if p.requires_grad:
         p.copy_(torch.randn(p.shape, generator=gen) * scale + (1.0 if id(p) in norms else 0.0))
   return module
+
+
+def write_mindvideo_encoder_folder(directory, config: dict, module: nn.Module) -> None:
+  """What MindVideo's release ships for its fMRI encoder: config.json and a pickled {'model': state_dict}."""
+  import io
+  import json
+
+  from etils import epath
+  directory = epath.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / "config.json").write_text(json.dumps(config))
+  buffer = io.BytesIO()
+  torch.save({"model": module.state_dict()}, buffer)
+  (directory / "model.pth").write_bytes(buffer.getvalue())

@@ -1,39 +1,6 @@
-"""Weights in and out: PyTorch (transformers/diffusers) checkpoints <-> Flax param trees.
+"""Converters between brainjax artifacts and the original PyTorch repositories' checkpoints (command line).
 
-`mapping` holds the declarative rule tables (one per model, both directions);
-`checkpoint_io` reads and writes the config.json + safetensors directory layout
-(local or gs://). The model files (e.g. brainjax.models.clip) own their tables.
+`python -m brainjax.convert.mbm ...` imports MinD-Vis / MindVideo checkpoints as brainjax
+artifacts and exports them back. The weight-mapping machinery they use is `brainjax.weights`;
+each model's own table lives in its model file.
 """
-
-from brainjax.convert.checkpoint_io import (
-    Checkpoint,
-    CheckpointError,
-    CheckpointNotFoundError,
-    read_checkpoint,
-    read_config,
-    read_state_dict,
-    write_checkpoint,
-)
-from brainjax.convert.mapping import (
-    CONV,
-    IDENTITY,
-    LINEAR,
-    ConversionError,
-    Rule,
-    Table,
-    Transform,
-    conv,
-    embedding,
-    flatten,
-    linear,
-    norm,
-    param,
-    prefixed,
-    unflatten,
-)
-
-__all__ = [
-    "CONV", "IDENTITY", "LINEAR", "Checkpoint", "CheckpointError", "CheckpointNotFoundError", "ConversionError",
-    "Rule", "Table", "Transform", "conv", "embedding", "flatten", "linear", "norm", "param", "prefixed",
-    "read_checkpoint", "read_config", "read_state_dict", "unflatten", "write_checkpoint",
-]

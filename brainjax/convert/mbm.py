@@ -1,8 +1,8 @@
 r"""MinD-Vis / Brain Netflix MBM checkpoints and MindVideo fMRI-encoder folders <-> brainjax.
 
-Two tables, each serving both directions (see brainjax.convert.mapping):
+Two tables, each serving both directions (brainjax.weights.mapping), each in its model's file:
 
-`MBM_TABLE`  MinD-Vis `MAEforFMRI` state dict <-> `MaskedBrainModel` params
+`mbm.MBM_TABLE`  MinD-Vis `MAEforFMRI` state dict <-> `MaskedBrainModel` params
   patch_embed.proj.{weight [D,1,P] Conv1d, bias}   patch_embed/{kernel [P,D], bias}
   cls_token, mask_token                            cls_token, mask_token
   blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}   encoder/block_{i}/...
@@ -10,7 +10,7 @@ Two tables, each serving both directions (see brainjax.convert.mapping):
   decoder_embed, decoder_blocks.{i}..., decoder_norm, decoder_pred    decoder_embed, decoder/block_{i}/..., ...
   pos_embed, decoder_pos_embed   fixed sin-cos buffers: checked against brainjax's table, not stored
 
-`FMRI_ENCODER_TABLE`  MindVideo `fMRIEncoder` state dict <-> `WindowedFmriModel` params
+`fmri_encoder.FMRI_ENCODER_TABLE`  MindVideo `fMRIEncoder` state dict <-> encoder + head params
   patch_embed.proj, blocks.{i}.{norm1,attn,norm_temp,attn_temp,norm2,mlp}, norm  -> encoder/...
   proj_head.{channel_mapper,projection,fc} (no bias), proj_head.layer_norm      -> head/...
   pos_embed (checked), cls_token, mask_token, logit_scale: present in MindVideo's module but unused by
@@ -62,8 +62,9 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from brainjax.convert import checkpoint_io
-from brainjax.convert import mapping as mp
+from brainjax.weights import checkpoint_io
+from brainjax.weights import mapping as mp
+from brainjax import artifacts
 from brainjax.models import fmri_encoder, layers, mbm
 
 ConversionError = mp.ConversionError
@@ -75,76 +76,6 @@ TORCH_NORM_EPS = 1e-5  # torch nn.LayerNorm's default: the only eps MinD-Vis / M
 POS_EMBED_ATOL = 1e-4  # float64- (MinD-Vis) and float32-computed (MindVideo) sin-cos tables differ by ~1e-5
 MINDVIDEO_WEIGHTS = "diffusion_pytorch_model.safetensors"
 MINDVIDEO_PICKLES = ("model.pth", "diffusion_pytorch_model.bin")  # the names MindVideo's from_pretrained reads
-
-
-# ----------------------------------------------------------------------------------------- tables
-
-
-def _patch_to_flax(w: np.ndarray) -> np.ndarray:
-  if w.ndim != 3 or w.shape[1] != 1:
-    raise ConversionError(f"patch_embed.proj.weight must be a Conv1d weight [D, 1, patch], got {tuple(w.shape)} "
-                          f"(brainjax embeds one fMRI channel, in_chans=1)")
-  return np.ascontiguousarray(w[:, 0, :].T)
-
-
-def _patch_to_torch(k: np.ndarray) -> np.ndarray:
-  if k.ndim != 2:
-    raise ConversionError(f"patch_embed/kernel must be [patch, D], got {tuple(k.shape)}")
-  return np.ascontiguousarray(k.T[:, None, :])
-
-
-# A Conv1d with kernel = stride = patch over one channel is a Dense on each patch.
-PATCH_EMBED = mp.Transform("conv1d patch embed (D,1,P)->(P,D)", _patch_to_flax, _patch_to_torch)
-
-
-def _block_rules(src: str, dst: str, *, temporal: bool) -> list[mp.Rule]:
-  # The alternatives are spelled on both sides: each direction matches its own template.
-  n = "{n:norm1|norm2|norm_temp}" if temporal else "{n:norm1|norm2}"
-  a = "{a:attn|attn_temp}" if temporal else "{a:attn}"
-  return mp.prefixed([
-      *mp.norm(n, n),
-      *mp.linear(a + ".{p:qkv|proj}", a + "/{p:qkv|proj}"),
-      *mp.linear("mlp.{f:fc1|fc2}", "mlp/{f:fc1|fc2}"),
-  ], src + r".{i:\d+}.", dst + r"/block_{i:\d+}/")
-
-
-def _patch_rules(dst: str) -> list[mp.Rule]:
-  return [mp.Rule("patch_embed.proj.weight", f"{dst}/kernel", PATCH_EMBED),
-          mp.Rule("patch_embed.proj.bias", f"{dst}/bias")]
-
-
-MBM_TABLE = mp.Table(
-    rules=[
-        *_patch_rules("patch_embed"),
-        *mp.param("cls_token", "cls_token"),
-        *_block_rules("blocks", "encoder", temporal=False),
-        *mp.norm("norm", "encoder_norm"),
-        *mp.linear("decoder_embed", "decoder_embed"),
-        *mp.param("mask_token", "mask_token"),
-        *_block_rules("decoder_blocks", "decoder", temporal=False),
-        *mp.norm("decoder_norm", "decoder_norm"),
-        *mp.linear("decoder_pred", "decoder_pred"),
-    ],
-    skip=[
-        "pos_embed", "decoder_pos_embed",  # fixed sin-cos buffers, checked by _check_positions
-        "nature_img_{rest:.+}",  # MinD-Vis' optional image-feature decoder (use_nature_img_loss), not MBM
-    ])
-
-FMRI_ENCODER_TABLE = mp.Table(
-    rules=[
-        *_patch_rules("encoder/patch_embed"),
-        *_block_rules("blocks", "encoder/encoder", temporal=True),
-        *mp.norm("norm", "encoder/encoder_norm"),
-        *mp.linear("proj_head.{p:channel_mapper|projection|fc}", "head/{p:channel_mapper|projection|fc}",
-                   bias=False),
-        *mp.norm("proj_head.layer_norm", "head/layer_norm"),
-    ],
-    skip=[
-        "pos_embed",  # fixed sin-cos buffer, checked by _check_positions
-        # In MindVideo's module but unused by its forward pass (no cls token is prepended, nothing is
-        # masked, logit_scale is for the unreleased contrastive stage); written back on export.
-        "cls_token", "mask_token", "logit_scale",
-    ])
 
 
 # ----------------------------------------------------------------------------------------- reading .pth safely
@@ -386,7 +317,7 @@ def mbm_from_state_dict(state_dict: Mapping[str, np.ndarray], config: Mapping[st
   _check_positions(state_dict, "pos_embed", model.num_patches, model.embed_dim, origin)
   _check_positions(state_dict, "decoder_pos_embed", model.num_patches, model.decoder_embed_dim, origin)
   x = jnp.zeros((1, num_voxels), jnp.float32)
-  params = MBM_TABLE.to_flax(state_dict, _abstract(model, x, jax.random.key(0)), origin=origin)
+  params = mbm.MBM_TABLE.to_flax(state_dict, _abstract(model, x, jax.random.key(0)), origin=origin)
   return model, _as_jax(params, param_dtype), model_cfg
 
 
@@ -407,7 +338,7 @@ def mbm_state_dict(model: mbm.MaskedBrainModel, params: Any) -> dict[str, np.nda
   if model.decoder_mlp_ratio != model.mlp_ratio:
     raise ConversionError(f"MAEforFMRI has one mlp_ratio for encoder and decoder; this model has "
                           f"{model.mlp_ratio} and {model.decoder_mlp_ratio}.")
-  state_dict = MBM_TABLE.to_torch(_unbox(params))
+  state_dict = mbm.MBM_TABLE.to_torch(_unbox(params))
   state_dict["pos_embed"] = positions_buffer(model.num_patches, model.embed_dim)
   state_dict["decoder_pos_embed"] = positions_buffer(model.num_patches, model.decoder_embed_dim)
   return state_dict
@@ -510,7 +441,7 @@ def fmri_model_from_state_dict(state_dict: Mapping[str, np.ndarray], config: Map
   enc = model.encoder
   _check_positions(state_dict, "pos_embed", enc.num_patches, enc.embed_dim, origin)
   x = jnp.zeros((1, enc.window, enc.num_voxels), jnp.float32)
-  params = FMRI_ENCODER_TABLE.to_flax(state_dict, _abstract(model, x), origin=origin)
+  params = fmri_encoder.FMRI_ENCODER_TABLE.to_flax(state_dict, _abstract(model, x), origin=origin)
   return model, _as_jax(params, param_dtype)
 
 
@@ -526,7 +457,7 @@ def load_mindvideo_fmri_encoder(path: str | epath.PathLike, *, num_voxels: int |
 def fmri_encoder_state_dict(model: fmri_encoder.WindowedFmriModel, params: Any, *,
                             logit_scale: float = 1.0) -> dict[str, np.ndarray]:
   """fMRIEncoder state dict (numpy), including the buffers and unused tokens its module declares."""
-  state_dict = FMRI_ENCODER_TABLE.to_torch(_unbox(params))
+  state_dict = fmri_encoder.FMRI_ENCODER_TABLE.to_torch(_unbox(params))
   enc = model.encoder
   state_dict["pos_embed"] = positions_buffer(enc.num_patches, enc.embed_dim)
   # Declared by fMRIEncoder but unused in its forward pass; zeros keep a strict load_state_dict happy.
@@ -557,67 +488,49 @@ def save_mindvideo_fmri_encoder(path: str | epath.PathLike, model: fmri_encoder.
 # ----------------------------------------------------------------------------------------- brainjax params dirs
 
 
-def fmri_model_meta(model: fmri_encoder.WindowedFmriModel) -> dict[str, Any]:
-  """`model.json` for an encoder + head: what `build_fmri_model` needs."""
-  enc, head = model.encoder, model.head
-  fields = lambda m, names: {n: getattr(m, n) for n in names}  # noqa: E731
-  return {"kind": "fmri_encoder",
-          "encoder": fields(enc, ("num_voxels", "window", "patch_size", "embed_dim", "depth", "num_heads",
-                                  "mlp_ratio", "norm_eps")),
-          "head": fields(head, ("out_tokens", "out_dim", "dropout", "use_norm", "norm_eps"))}
+def fmri_model_meta(model: fmri_encoder.WindowedFmriModel | fmri_encoder.FmriAligner) -> dict[str, Any]:
+  """`model.json` for an encoder + head (fmri_encoder.model_meta: the one `fmri_encoder` artifact kind)."""
+  return fmri_encoder.model_meta(model)
 
 
 def build_fmri_model(meta: Mapping[str, Any]) -> fmri_encoder.WindowedFmriModel:
-  """The encoder + head of a `model.json`: this module's kind 'fmri_encoder' or the align stage's 'fmri_aligner'."""
-  kind = meta.get("kind")
-  if kind == "fmri_encoder":
-    encoder_kw, head_kw = meta["encoder"], meta["head"]
-  elif kind == "fmri_aligner":
-    import ml_collections  # noqa: PLC0415
-    from brainjax.stages import align  # noqa: PLC0415 -- the align stage's own builder, not a copy of it
-    if meta["align"]["encoder"].get("per_subject_patch_embed"):
-      raise ConversionError("this encoder has per-subject patch embeddings, which MindVideo's fMRIEncoder (one "
-                            "shared patch embedding) cannot hold; export a model trained with "
-                            "align.encoder.per_subject_patch_embed=False.")
-    aligner = align.build(ml_collections.ConfigDict(meta["align"]), meta["num_voxels"], meta["window"],
-                          meta["clip_dim"])
-    return fmri_encoder.WindowedFmriModel(aligner.encoder, aligner.head)
-  else:
-    raise ConversionError(f"model.json kind {kind!r}: expected 'fmri_encoder' or 'fmri_aligner' (the align stage).")
-  return fmri_encoder.WindowedFmriModel(fmri_encoder.FmriEncoder(**encoder_kw), fmri_encoder.ProjectionHead(**head_kw))
+  """The encoder + head of an `fmri_encoder` artifact's model.json (imported here or trained by align / cotrain)."""
+  model = fmri_encoder.build(dict(meta))
+  if model.encoder.num_subjects:
+    raise ConversionError("this encoder has per-subject patch embeddings, which MindVideo's fMRIEncoder (one "
+                          "shared patch embedding) cannot hold; export a model trained with "
+                          "align.encoder.per_subject_patch_embed=False.")
+  return fmri_encoder.WindowedFmriModel(model.encoder, model.head)
 
 
 def import_mindvis_mbm(path: str | epath.PathLike, out_dir: str | epath.PathLike, **overrides: Any) -> epath.Path:
   """A MinD-Vis `.pth` -> `out_dir/params` (Orbax) + `model.json`, as the mbm_pretrain stage writes them."""
-  from brainjax.stages import common  # noqa: PLC0415 -- keeps the converter free of the training stack
   model, params, model_cfg = load_mindvis_mbm(path, **overrides)
   out = epath.Path(out_dir)
-  common.save_params(out, params, {"kind": "mbm", "num_voxels": model.num_voxels, "model": model_cfg.to_dict(),
-                                   "converted_from": str(path)})
+  artifacts.save_params(out, params, {"kind": "mbm", "num_voxels": model.num_voxels, "model": model_cfg.to_dict(),
+                                      "converted_from": str(path)})
   return out
 
 
 def import_mindvideo_fmri_encoder(path: str | epath.PathLike, out_dir: str | epath.PathLike, *,
                                   num_voxels: int | None = None) -> epath.Path:
-  """A MindVideo `fmri_encoder/` folder -> `out_dir/params` (Orbax) + `model.json`."""
-  from brainjax.stages import common  # noqa: PLC0415
+  """A MindVideo `fmri_encoder/` folder -> an `fmri_encoder` artifact (`params/` + `model.json`), the kind
+  stage align writes: it feeds cotrain (`encoder_from`) and evaluate as it is."""
   model, params = load_mindvideo_fmri_encoder(path, num_voxels=num_voxels)
   out = epath.Path(out_dir)
-  common.save_params(out, params, {**fmri_model_meta(model), "converted_from": str(path)})
+  fmri_encoder.save(out, model, params, converted_from=str(path))
   return out
 
 
 def export_mindvideo_fmri_encoder(params_dir: str | epath.PathLike, path: str | epath.PathLike, *,
                                   torch_pickle: bool = False) -> epath.Path:
-  """A brainjax `params/` + `model.json` directory -> MindVideo `fmri_encoder/` folder.
+  """An `fmri_encoder` artifact (imported, or trained by align / cotrain) -> MindVideo `fmri_encoder/` folder.
 
-  Reads this module's imports and the align stage's product; of the latter only
-  the encoder and head are exported (its `to_clip` projection and CLIP-style
-  log logit scale have no counterpart in MindVideo's module, whose
+  Of a trained one only the encoder and head are exported (its `to_clip` projection
+  and CLIP-style log logit scale have no counterpart in MindVideo's module, whose
   `logit_scale` is written as its default 1.0).
   """
-  from brainjax.stages import common  # noqa: PLC0415
-  params, meta = common.load_params(epath.Path(params_dir))
+  params, meta = artifacts.load_params(epath.Path(params_dir), kinds=(fmri_encoder.KIND, *fmri_encoder.LEGACY_KINDS))
   params = {k: params[k] for k in ("encoder", "head")}
   return save_mindvideo_fmri_encoder(path, build_fmri_model(meta), params, torch_pickle=torch_pickle)
 

@@ -24,13 +24,13 @@ from collections.abc import Sequence
 import tensorflow_datasets as tfds
 from etils import epath
 
-import data_builders
-from data_builders import common
+from brainjax.data import registry
+from data_builders import common  # the command that builds datasets is the one place brainjax reaches the builders
 
 
 def make_builder(dataset: str, config, data_dir: str | None):
   """The builder of `dataset` with config `config` (a preset name, None for the first preset, or a config)."""
-  cls = data_builders.builder_class(dataset)
+  cls = registry.builder_class(dataset)
   presets = [c.name for c in cls.BUILDER_CONFIGS]
   if config is None:
     config = presets[0]
@@ -95,7 +95,7 @@ def _records_per_subject(meta: dict, split: str, num_subjects: int) -> list[int]
 def run(dataset: str, *, manual_dir: str | None, data_dir: str | None = None, config=None,
         overwrite: bool = False, out=sys.stdout) -> object:
   """Builds (or reports) one dataset; returns the prepared builder."""
-  data_builders.check_name(dataset)
+  registry.check_name(dataset)
   builder = make_builder(dataset, config, data_dir)
   if builder.is_prepared() and not overwrite:
     print(f"already built, skipping (pass --overwrite to rebuild):\n{summary(builder)}", file=out)
@@ -119,7 +119,7 @@ def run(dataset: str, *, manual_dir: str | None, data_dir: str | None = None, co
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m brainjax.data.build", description=__doc__.split("\n\n")[0])
-  parser.add_argument("dataset", choices=data_builders.NAMES)
+  parser.add_argument("dataset", choices=registry.NAMES)
   parser.add_argument("--manual_dir", default=None, help="the release folder (local or gs://)")
   parser.add_argument("--data_dir", default=None, help="where the dataset is written (default: TFDS's)")
   parser.add_argument("--config", default=None, help="a preset of the builder (default: its first)")
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   if args.dataset != "synthetic" and not args.manual_dir:
     print(f"error: --manual_dir is required for {args.dataset}: the folder holding your copy of the release.\n"
-          f"{data_builders.builder_class(args.dataset).MANUAL_DOWNLOAD_INSTRUCTIONS}", file=sys.stderr)
+          f"{registry.builder_class(args.dataset).MANUAL_DOWNLOAD_INSTRUCTIONS}", file=sys.stderr)
     return 2
   try:
     run(args.dataset, manual_dir=args.manual_dir, data_dir=args.data_dir, config=args.config,

@@ -35,7 +35,7 @@ import numpy as np
 from etils import epath
 from nibabel import cifti2 as ci
 
-from data_builders.common import ReleaseError
+from brainjax.data.errors import ReleaseError
 
 CORTEX_LEFT = "CIFTI_STRUCTURE_CORTEX_LEFT"
 CORTEX_RIGHT = "CIFTI_STRUCTURE_CORTEX_RIGHT"

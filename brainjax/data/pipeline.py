@@ -61,8 +61,8 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-import data_builders
 from brainjax import config as cfg
+from brainjax.data import registry
 from brainjax.config import ConfigError
 
 LABEL_KEYS = ("category", "colour", "direction", "speed", "scene")
@@ -90,18 +90,18 @@ class WindowSpec:
     return self.window * self.temporal_average
 
 
-REAL_DATASETS = data_builders.REAL_NAMES
+REAL_DATASETS = registry.REAL_NAMES
 
 
 def _check_dataset_name(name: str) -> None:
-  if name not in data_builders.DATASETS:
+  if name not in registry.DATASETS:
     raise ConfigError(f"config.data.name = {name!r}: unknown dataset; choose 'synthetic' or one of {REAL_DATASETS}.")
 
 
 def _real_builder_class(data: ml_collections.ConfigDict):
   """The builder class of a real dataset and the builder config `config.data.builder_config` names."""
   try:
-    cls = data_builders.builder_class(data.name)
+    cls = registry.builder_class(data.name)
   except ValueError as e:
     raise ConfigError(f"config.data.name = {data.name!r}: {e}") from e
   presets = [c.name for c in cls.BUILDER_CONFIGS]
@@ -121,7 +121,7 @@ def build_command(data: ml_collections.ConfigDict) -> str:
 
 def synthetic_builder_config(data: ml_collections.ConfigDict):
   """The builder config `config.data` names: a preset ('demo', 'full256') or a custom `data.spec`."""
-  from data_builders import synthetic as synthetic_builder
+  synthetic_builder = registry.builder_module("synthetic")
   from brainjax.data import synthetic
 
   presets = {c.name: c for c in synthetic_builder.Builder.BUILDER_CONFIGS}
@@ -150,7 +150,7 @@ def _load_builder(data_json: str, prepare: bool):
   _check_dataset_name(data.name)
   if data.name != "synthetic":
     return _load_real_builder(data, prepare)
-  from data_builders import synthetic as synthetic_builder
+  synthetic_builder = registry.builder_module("synthetic")
 
   config = synthetic_builder_config(data)
   data_dir = str(epath.Path(data.data_dir).expanduser()) if data.data_dir else None
@@ -608,7 +608,7 @@ def _validate_real_data(data: ml_collections.ConfigDict) -> None:
   """What can be checked about a real dataset before it is built: its builder config exists, and a beta
   dataset is read one trial at a time. Subject counts and segment lengths are checked when the data are read."""
   _real_builder_class(data)
-  if data_builders.DATASETS[data.name]["response"] == "beta":
+  if registry.DATASETS[data.name]["response"] == "beta":
     _require_trial_window(WindowSpec.from_config(data), data.name)
 
 

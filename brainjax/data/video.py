@@ -29,7 +29,7 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-from data_builders.common import ReleaseError
+from brainjax.data.errors import ReleaseError
 
 _TIME_EPS = 1e-6  # seconds: timestamps are rationals printed as floats; this absorbs the rounding
 

@@ -44,8 +44,8 @@ import numpy as np
 from etils import epath
 from flax import struct
 
-from brainjax.convert import checkpoint_io
-from brainjax.convert import mapping as mp
+from brainjax.weights import checkpoint_io
+from brainjax.weights import mapping as mp
 from brainjax.models import layers
 
 Dtype = Any
@@ -617,3 +617,11 @@ def preprocess_images(images: Any, image_size: int = 224, *, mean: tuple[float, 
                      f"[N, H, W, {len(mean)}] RGB values in 0..255.")
   size = resized_shape(images.shape[1], images.shape[2], image_size)
   return _preprocess(images, size, image_size, tuple(mean), tuple(std), quantize)
+
+
+def frames_to_pixels(frames: jax.Array, image_size: int) -> jax.Array:
+  """uint8 [..., H, W, 3] -> CLIP-normalised float [..., S, S, 3] (resized if H != S)."""
+  x = frames.astype(jnp.float32) / 255.0
+  if x.shape[-3] != image_size:
+    x = jax.image.resize(x, x.shape[:-3] + (image_size, image_size, 3), "bicubic")
+  return (x - jnp.asarray(CLIP_MEAN)) / jnp.asarray(CLIP_STD)

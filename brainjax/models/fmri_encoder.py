@@ -38,6 +38,14 @@ example's real voxel count) the voxels past it are zeroed, the spatial
 attention never reads padding patches, and their output tokens are zero, so
 the head's token-axis map never sees them: the output does not depend on
 what the padding holds.
+
+`FmriAligner` is the trained fMRI model every later stage reads: encoder + head,
+plus (with `clip_dim` > 0) the bias-free projection of the pooled condition into
+CLIP space and the contrastive temperature. It is one artifact kind,
+`fmri_encoder` (`save` / `load`): stage `align` writes it, `cotrain` writes it
+back, and `python -m brainjax.convert.mbm encoder-import` writes a MindVideo
+encoder as the same kind (without the CLIP projection, which MindVideo's
+release lacks), so either feeds `cotrain` and `evaluate` as it is.
 """
 
 from __future__ import annotations
@@ -49,9 +57,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from brainjax import ridge
-from brainjax.models import layers
-from brainjax.models import params as params_lib
+from brainjax import artifacts, ridge
+from brainjax.models import layers, mbm
+from brainjax.weights import mapping as mp
+from brainjax.weights import params as params_lib
 
 
 class SpatioTemporalBlock(nn.Module):
@@ -229,3 +238,118 @@ class WindowedFmriModel(nn.Module):
   def __call__(self, fmri: jax.Array, *, deterministic: bool = True) -> dict[str, jax.Array]:
     condition = self.head(self.encoder(fmri), fmri, deterministic=deterministic)
     return {"condition": condition, "pooled": condition.mean(axis=1)}
+
+
+class FmriAligner(nn.Module):
+  """Encoder + head (+ the CLIP projection `to_clip` when `clip_dim` > 0): the trained fMRI model.
+
+  Returns the condition [B, out_tokens, out_dim], its CLIP-space embedding `embed`
+  [B, clip_dim] (None without a projection) and the contrastive logit `scale`.
+  """
+  encoder: FmriEncoder
+  head: ProjectionHead
+  clip_dim: int = 0
+  temperature: float = 0.07
+  learn_temperature: bool = True
+
+  @nn.compact
+  def __call__(self, fmri: jax.Array, *, deterministic: bool = True, token_transform=None,
+               subject: jax.Array | None = None, num_voxels: jax.Array | None = None):
+    tokens = self.encoder(fmri, token_transform, subject, num_voxels)
+    if num_voxels is not None:  # the caption readout reads the voxels: padding must not reach it either
+      voxel_valid, _ = layers.valid_voxels(num_voxels, fmri.shape[-1], self.encoder.patch_size)
+      fmri = jnp.where(voxel_valid[:, None], fmri, 0)
+    condition = self.head(tokens, fmri, deterministic=deterministic)
+    embed = None
+    if self.clip_dim:
+      embed = nn.Dense(self.clip_dim, use_bias=False, name="to_clip")(condition.mean(axis=1))
+    if self.learn_temperature:
+      log_scale = self.param("logit_scale", nn.initializers.constant(np.log(1 / self.temperature)), ())
+      scale = jnp.exp(jnp.minimum(log_scale, np.log(100.0)))
+    else:
+      scale = 1.0 / float(self.temperature)
+    return {"embed": embed, "condition": condition, "scale": scale}
+
+
+KIND = "fmri_encoder"
+LEGACY_KINDS = ("fmri_aligner",)  # workdirs written before the encoder had one artifact kind
+# What a model.json records of each part: what rebuilds the module (compute dtypes are run-time choices).
+ENCODER_FIELDS = ("num_voxels", "window", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "norm_eps")
+ENCODER_OPTIONAL_FIELDS = ("num_subjects", "remat")  # written when not the default (older files lack them)
+HEAD_FIELDS = ("out_tokens", "out_dim", "dropout", "use_norm", "norm_eps")
+HEAD_OPTIONAL_FIELDS = ("readout_rank",)
+
+
+def model_meta(model: FmriAligner | WindowedFmriModel) -> dict[str, Any]:
+  """The `model.json` fields that rebuild `model` (`build`): kind, encoder, head and, for an
+  FmriAligner with a CLIP projection, clip_dim and the temperature."""
+  def fields(module, names, optional):
+    out = {n: getattr(module, n) for n in names}
+    out.update({n: getattr(module, n) for n in optional if getattr(module, n) != type(module).__dataclass_fields__[n].default})
+    return out
+  meta = {"kind": KIND, "encoder": fields(model.encoder, ENCODER_FIELDS, ENCODER_OPTIONAL_FIELDS),
+          "head": fields(model.head, HEAD_FIELDS, HEAD_OPTIONAL_FIELDS)}
+  if isinstance(model, FmriAligner) and model.clip_dim:
+    meta.update(clip_dim=model.clip_dim, temperature=model.temperature, learn_temperature=model.learn_temperature)
+  return meta
+
+
+def aligner(encoder: dict, head: dict, *, num_voxels: int, window: int, clip_dim: int = 0, num_subjects: int = 0,
+            temperature: float = 0.07, learn_temperature: bool = True) -> FmriAligner:
+  """An FmriAligner from its parts' settings (`encoder`: FmriEncoder fields less num_voxels / window /
+  num_subjects, with `per_subject_patch_embed` choosing whether `num_subjects` rows are made)."""
+  encoder = dict(encoder)
+  per_subject = encoder.pop("per_subject_patch_embed", False)
+  return FmriAligner(FmriEncoder(num_voxels=num_voxels, window=window,
+                                 num_subjects=num_subjects if per_subject else 0, **encoder),
+                     ProjectionHead(**head), clip_dim, temperature, learn_temperature)
+
+
+def build(meta: dict[str, Any]) -> FmriAligner:
+  """The FmriAligner a `model.json` describes (kind `fmri_encoder`; older `fmri_aligner` files too)."""
+  kind = meta.get("kind")
+  if kind in LEGACY_KINDS:  # the align stage's config and the data's sizes
+    stage = meta["align"]
+    return aligner(stage["encoder"], stage["head"], num_voxels=meta["num_voxels"], window=meta["window"],
+                   clip_dim=meta["clip_dim"], num_subjects=len(meta.get("subject_table") or [None]),
+                   temperature=stage["temperature"], learn_temperature=stage["learn_temperature"])
+  if kind != KIND:
+    raise artifacts.ArtifactError(f"model.json kind {kind!r}: expected {KIND!r} (an fMRI encoder).")
+  clip_dim = int(meta.get("clip_dim", 0))
+  return FmriAligner(FmriEncoder(**meta["encoder"]), ProjectionHead(**meta["head"]), clip_dim,
+                     float(meta.get("temperature", 0.07)), bool(meta.get("learn_temperature", False)) and clip_dim > 0)
+
+
+def load(directory) -> tuple[FmriAligner, dict, dict]:
+  """(FmriAligner, params, model.json) of an `fmri_encoder` artifact: trained by align / cotrain or imported."""
+  params, meta = artifacts.load_params(directory, kinds=(KIND, *LEGACY_KINDS))
+  return build(meta), params, meta
+
+
+def save(directory, model: FmriAligner | WindowedFmriModel, params: Any, **extra: Any) -> None:
+  """Writes an `fmri_encoder` artifact: `params/` and `model.json` (`model_meta` plus `extra`)."""
+  artifacts.save_params(directory, params, {**model_meta(model), **extra})
+
+
+# ------------------------------------------------------------------------------ MindVideo weights
+# `FMRI_ENCODER_TABLE`: MindVideo `fMRIEncoder` state dict <-> the encoder + head params, both directions
+# (brainjax.convert.mbm reads and writes the folders):
+#   patch_embed.proj, blocks.{i}.{norm1,attn,norm_temp,attn_temp,norm2,mlp}, norm  -> encoder/...
+#   proj_head.{channel_mapper,projection,fc} (no bias), proj_head.layer_norm      -> head/...
+#   pos_embed (checked), cls_token, mask_token, logit_scale: present in MindVideo's module but unused by
+#   its forward pass; brainjax has no such params, so they are dropped on load and written on export.
+FMRI_ENCODER_TABLE = mp.Table(
+    rules=[
+        *mbm.torch_patch_rules("encoder/patch_embed"),
+        *mbm.torch_block_rules("blocks", "encoder/encoder", temporal=True),
+        *mp.norm("norm", "encoder/encoder_norm"),
+        *mp.linear("proj_head.{p:channel_mapper|projection|fc}", "head/{p:channel_mapper|projection|fc}",
+                   bias=False),
+        *mp.norm("proj_head.layer_norm", "head/layer_norm"),
+    ],
+    skip=[
+        "pos_embed",  # fixed sin-cos buffer, checked by _check_positions
+        # In MindVideo's module but unused by its forward pass (no cls token is prepended, nothing is
+        # masked, logit_scale is for the unreleased contrastive stage); written back on export.
+        "cls_token", "mask_token", "logit_scale",
+    ])

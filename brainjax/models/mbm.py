@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from brainjax.models import layers
+from brainjax.weights import mapping as mp
 
 
 class MaskedBrainModel(nn.Module):
@@ -200,3 +201,65 @@ def build(model: ml_collections.ConfigDict, num_voxels: int, num_subjects: int =
   per_subject = kwargs.pop("per_subject_patch_embed", False)
   return MaskedBrainModel(num_voxels=num_voxels, dtype=dtype, num_subjects=num_subjects if per_subject else 0,
                           **kwargs)
+
+
+# ------------------------------------------------------------------------------ MinD-Vis weights
+# `MBM_TABLE`: MinD-Vis `MAEforFMRI` state dict <-> `MaskedBrainModel` params, both directions
+# (brainjax.convert.mbm reads and writes the files):
+#   patch_embed.proj.{weight [D,1,P] Conv1d, bias}   patch_embed/{kernel [P,D], bias}
+#   cls_token, mask_token                            cls_token, mask_token
+#   blocks.{i}.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}   encoder/block_{i}/...
+#   norm                                             encoder_norm
+#   decoder_embed, decoder_blocks.{i}..., decoder_norm, decoder_pred    decoder_embed, decoder/block_{i}/..., ...
+#   pos_embed, decoder_pos_embed   fixed sin-cos buffers: checked against brainjax's table, not stored
+
+
+def _patch_to_flax(w: np.ndarray) -> np.ndarray:
+  if w.ndim != 3 or w.shape[1] != 1:
+    raise mp.ConversionError(f"patch_embed.proj.weight must be a Conv1d weight [D, 1, patch], got {tuple(w.shape)} "
+                          f"(brainjax embeds one fMRI channel, in_chans=1)")
+  return np.ascontiguousarray(w[:, 0, :].T)
+
+
+def _patch_to_torch(k: np.ndarray) -> np.ndarray:
+  if k.ndim != 2:
+    raise mp.ConversionError(f"patch_embed/kernel must be [patch, D], got {tuple(k.shape)}")
+  return np.ascontiguousarray(k.T[:, None, :])
+
+
+# A Conv1d with kernel = stride = patch over one channel is a Dense on each patch.
+PATCH_EMBED = mp.Transform("conv1d patch embed (D,1,P)->(P,D)", _patch_to_flax, _patch_to_torch)
+
+
+def torch_block_rules(src: str, dst: str, *, temporal: bool) -> list[mp.Rule]:
+  # The alternatives are spelled on both sides: each direction matches its own template.
+  n = "{n:norm1|norm2|norm_temp}" if temporal else "{n:norm1|norm2}"
+  a = "{a:attn|attn_temp}" if temporal else "{a:attn}"
+  return mp.prefixed([
+      *mp.norm(n, n),
+      *mp.linear(a + ".{p:qkv|proj}", a + "/{p:qkv|proj}"),
+      *mp.linear("mlp.{f:fc1|fc2}", "mlp/{f:fc1|fc2}"),
+  ], src + r".{i:\d+}.", dst + r"/block_{i:\d+}/")
+
+
+def torch_patch_rules(dst: str) -> list[mp.Rule]:
+  return [mp.Rule("patch_embed.proj.weight", f"{dst}/kernel", PATCH_EMBED),
+          mp.Rule("patch_embed.proj.bias", f"{dst}/bias")]
+
+
+MBM_TABLE = mp.Table(
+    rules=[
+        *torch_patch_rules("patch_embed"),
+        *mp.param("cls_token", "cls_token"),
+        *torch_block_rules("blocks", "encoder", temporal=False),
+        *mp.norm("norm", "encoder_norm"),
+        *mp.linear("decoder_embed", "decoder_embed"),
+        *mp.param("mask_token", "mask_token"),
+        *torch_block_rules("decoder_blocks", "decoder", temporal=False),
+        *mp.norm("decoder_norm", "decoder_norm"),
+        *mp.linear("decoder_pred", "decoder_pred"),
+    ],
+    skip=[
+        "pos_embed", "decoder_pos_embed",  # fixed sin-cos buffers, checked by _check_positions
+        "nature_img_{rest:.+}",  # MinD-Vis' optional image-feature decoder (use_nature_img_loss), not MBM
+    ])

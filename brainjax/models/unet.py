@@ -15,7 +15,7 @@ Layout is NHWC (channels last) throughout; diffusers' is NCHW.
                                         diffusion_pytorch_model.safetensors), local or gs://, or from a
                                         pipeline directory holding one
   save_unet(path, config, params)       a directory `diffusers.UNet2DConditionModel.from_pretrained` loads
-  UNET_TABLE / unet_rules()             the two-way weight mapping (brainjax.convert.mapping); a video
+  UNET_TABLE / unet_rules()             the two-way weight mapping (brainjax.weights.mapping); a video
                                         variant extends unet_rules() with its extra layers
   timestep_embedding(t, dim, ...)       diffusers' get_timestep_embedding (sinusoidal, float32)
 
@@ -91,8 +91,8 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from brainjax.convert import checkpoint_io
-from brainjax.convert import mapping as mp
+from brainjax.weights import checkpoint_io
+from brainjax.weights import mapping as mp
 from brainjax.models import layers, vae
 
 Dtype = Any

@@ -88,8 +88,8 @@ import jax
 import jax.numpy as jnp
 from etils import epath
 
-from brainjax.convert import checkpoint_io
-from brainjax.convert import mapping as mp
+from brainjax.weights import checkpoint_io
+from brainjax.weights import mapping as mp
 from brainjax.models import layers, unet
 
 Dtype = Any

@@ -21,7 +21,7 @@ Layout is NHWC (channels last) throughout; diffusers' is NCHW.
                                        a pipeline directory holding one; pre-0.14 attention names
                                        (query/key/value/proj_attn) are read too
   save_vae(path, config, params)       a directory `diffusers.AutoencoderKL.from_pretrained` loads
-  VAE_TABLE                            the two-way weight mapping (brainjax.convert.mapping)
+  VAE_TABLE                            the two-way weight mapping (brainjax.weights.mapping)
 
 Architecture (diffusers' Encoder / Decoder with DownEncoderBlock2D / UpDecoderBlock2D):
   encoder  conv_in 3x3 -> down_blocks_i (layers_per_block ResnetBlock2D, then a Downsample2D
@@ -70,8 +70,8 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from brainjax.convert import checkpoint_io
-from brainjax.convert import mapping as mp
+from brainjax.weights import checkpoint_io
+from brainjax.weights import mapping as mp
 from brainjax.models import layers
 
 Dtype = Any

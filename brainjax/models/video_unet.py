@@ -65,9 +65,9 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from brainjax.convert import checkpoint_io
-from brainjax.convert import mapping as mp
-from brainjax.models import params as params_lib
+from brainjax.weights import checkpoint_io
+from brainjax.weights import mapping as mp
+from brainjax.weights import params as params_lib
 from brainjax.models import unet
 
 Dtype = Any

@@ -52,8 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from brainjax.convert import checkpoint_io
-from brainjax.convert import mapping as mp
+from brainjax.weights import checkpoint_io
+from brainjax.weights import mapping as mp
 from brainjax.models import clip, vit
 
 Dtype = Any

@@ -53,8 +53,8 @@ import numpy as np
 from etils import epath
 from flax import struct
 
-from brainjax.convert import checkpoint_io
-from brainjax.convert import mapping as mp
+from brainjax.weights import checkpoint_io
+from brainjax.weights import mapping as mp
 from brainjax.models import clip, layers
 
 Dtype = Any

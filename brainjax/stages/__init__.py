@@ -7,10 +7,19 @@ A stage is a module (one module may serve several stage names, reading
                                   (its own `config.<name>` always counts)
   validate(config, name) -> None  raise ConfigError early
   run(ctx: StageContext) -> dict  do the work, return a JSON-able summary
+  REQUIRES: tuple[str, ...]       (optional) stages whose outputs it reads without naming
+                                  them in a `stage:` field of its settings
+  INPUTS: dict[str, tuple]        (optional) dotted path field -> the artifact kinds it reads
+  OUTPUTS: dict[str, str]         (optional) sub-path of its directory ("" itself) -> the kind
+                                  written there; the runner checks every `stage:` reference of
+                                  an INPUTS field against the named stage's OUTPUTS up front
 
 Each stage reads what earlier stages wrote in the workdir and writes under
-`workdir/<stage>/`. A finished stage leaves `DONE.json` and is skipped on
-re-run; an interrupted one resumes from its latest checkpoint.
+`workdir/<stage>/`. A finished stage leaves `DONE.json` and `provenance.json`
+(a run id) and is skipped on re-run; an interrupted one resumes from its latest
+checkpoint. Its inputs are the stages its `stage:` fields name (and REQUIRES):
+the run ids it started from are kept in `inputs.json`, and a stage whose input
+was redone since runs again (the runner sets the old outputs aside).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import types
+from typing import Any
 
 import ml_collections
 from etils import epath
@@ -47,6 +57,7 @@ class StageContext:
   config: ml_collections.ConfigDict
   workdir: epath.Path
   mesh: Mesh
+  timer: Any = None  # the runner's train.timing.StageTimer for this invocation (the train loop ticks it)
 
   @property
   def stage_dir(self) -> epath.Path:

@@ -37,25 +37,28 @@ rows are matched by [dataset, subject] (the MBM's `subject_table`).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from etils import epath
 
-from brainjax import augment, losses
+from brainjax import artifacts, augment, losses
 from brainjax import config as cfg
 from brainjax.data import pipeline
-from brainjax.models import fmri_encoder, layers
-from brainjax.stages import StageContext, clip_embed, common, resolve_path
+from brainjax.eval import retrieval
+from brainjax.features import clip_cache
+from brainjax.models import fmri_encoder
+from brainjax.stages import StageContext, common, resolve_path
 from brainjax.train.optim import optim_config
 
 CONFIG_KEYS = ("seed", "data")
+# Artifact kinds: what its path fields read and what it writes (checked before anything runs).
+INPUTS = {"init_from": ("mbm",)}
+OUTPUTS = {"": "fmri_encoder"}
+REQUIRES = ("clip_embed",)  # read without a config field: the CLIP embeddings of config.data's stimuli
 
 
 def fingerprint(config: ml_collections.ConfigDict, name: str) -> dict:
@@ -91,38 +94,12 @@ def stage_config(**overrides) -> ml_collections.ConfigDict:
   return stage
 
 
-class FmriAligner(nn.Module):
-  encoder: fmri_encoder.FmriEncoder
-  head: fmri_encoder.ProjectionHead
-  clip_dim: int
-  temperature: float = 0.07
-  learn_temperature: bool = True
-
-  @nn.compact
-  def __call__(self, fmri: jax.Array, *, deterministic: bool = True, token_transform=None,
-               subject: jax.Array | None = None, num_voxels: jax.Array | None = None):
-    tokens = self.encoder(fmri, token_transform, subject, num_voxels)
-    if num_voxels is not None:  # the caption readout reads the voxels: padding must not reach it either
-      voxel_valid, _ = layers.valid_voxels(num_voxels, fmri.shape[-1], self.encoder.patch_size)
-      fmri = jnp.where(voxel_valid[:, None], fmri, 0)
-    condition = self.head(tokens, fmri, deterministic=deterministic)
-    embed = nn.Dense(self.clip_dim, use_bias=False, name="to_clip")(condition.mean(axis=1))
-    if self.learn_temperature:
-      log_scale = self.param("logit_scale", nn.initializers.constant(np.log(1 / self.temperature)), ())
-      scale = jnp.exp(jnp.minimum(log_scale, np.log(100.0)))
-    else:
-      scale = 1.0 / float(self.temperature)
-    return {"embed": embed, "condition": condition, "scale": scale}
-
-
 def build(stage: ml_collections.ConfigDict, num_voxels: int, window: int, clip_dim: int,
-          num_subjects: int = 1) -> FmriAligner:
-  kwargs = stage.encoder.to_dict()
-  per_subject = kwargs.pop("per_subject_patch_embed", False)
-  encoder = fmri_encoder.FmriEncoder(num_voxels=num_voxels, window=window,
-                                     num_subjects=num_subjects if per_subject else 0, **kwargs)
-  head = fmri_encoder.ProjectionHead(**stage.head.to_dict())
-  return FmriAligner(encoder, head, clip_dim, stage.temperature, stage.learn_temperature)
+          num_subjects: int = 1) -> fmri_encoder.FmriAligner:
+  """The encoder this stage trains, from config.align (`num_subjects` rows with per_subject_patch_embed)."""
+  return fmri_encoder.aligner(stage.encoder.to_dict(), stage.head.to_dict(), num_voxels=num_voxels, window=window,
+                              clip_dim=clip_dim, num_subjects=num_subjects, temperature=stage.temperature,
+                              learn_temperature=stage.learn_temperature)
 
 
 def validate(config: ml_collections.ConfigDict, name: str) -> None:
@@ -168,7 +145,7 @@ def _with_embeddings(cache: dict[str, np.ndarray] | list[dict[str, np.ndarray]])
   return transform
 
 
-def contrastive_loss(model: FmriAligner, stage, params, batch, rng) -> tuple[jax.Array, dict]:
+def contrastive_loss(model: fmri_encoder.FmriAligner, stage, params, batch, rng) -> tuple[jax.Array, dict]:
   """The configured variant of the alignment loss (see the module docstring)."""
   r_sparse, r_drop, r_frame, r_spa, r_tem, r_drop2, r_drop3 = jax.random.split(rng, 7)
   fmri = augment.sparsify(r_sparse, batch["fmri"], stage.sparsify_rate)
@@ -230,25 +207,15 @@ def model_and_loss(config: ml_collections.ConfigDict, num_voxels: int, clip_dim:
   return model, init_variables, loss_fn, batch
 
 
-@dataclasses.dataclass(frozen=True)
-class _CacheContext(StageContext):
-  """A StageContext whose outputs go to `directory` (stage clip_embed run for an extra dataset)."""
-  directory: epath.Path | None = None
-
-  @property
-  def stage_dir(self) -> epath.Path:
-    return self.directory
-
-
 def clip_caches(ctx: StageContext, datasets: list[ml_collections.ConfigDict], split: str) -> list[dict]:
   """The CLIP embedding cache of `split` for every dataset the stage reads.
 
   Dataset 0's is stage clip_embed's. Each extra dataset's is computed once,
-  with the same towers and code (clip_embed.run), into
+  with the same towers and code (clip_cache.embed_stimuli), into
   `<stage>/clip_embed/dataset_<i>/`; a marker records the tower settings and
   the dataset, and a cache made with other ones is recomputed.
   """
-  caches = [clip_embed.load_cache(ctx.output_of("clip_embed"), split)]
+  caches = [clip_cache.load_cache(ctx.output_of("clip_embed"), split)]
   for i, data in enumerate(datasets[1:], 1):
     directory = ctx.stage_dir / "clip_embed" / f"dataset_{i}"
     marker = directory / "DONE.json"
@@ -256,17 +223,16 @@ def clip_caches(ctx: StageContext, datasets: list[ml_collections.ConfigDict], sp
                           sort_keys=True, default=str)
     if not (marker.exists() and marker.read_text() == expected):
       logging.info("stage %s: CLIP embeddings of extra dataset %d (%s)", ctx.name, i, data.get("name"))
-      config = ml_collections.ConfigDict(ctx.config.to_dict())
-      config.data = data
+      towers = ctx.config.clip_embed
       directory.mkdir(parents=True, exist_ok=True)
-      clip_embed.run(_CacheContext(name="clip_embed", config=config, workdir=ctx.workdir, mesh=ctx.mesh,
-                                   directory=directory))
+      clip_cache.embed_stimuli(resolve_path(ctx, towers.text_path), resolve_path(ctx, towers.vision_path), data,
+                               directory, batch_size=towers.batch_size, store_text_hidden=towers.store_text_hidden)
       if jax.process_index() == 0:
         marker.write_text(expected)
       if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(f"brainjax_{ctx.name}_clip_cache_{i}")
-    caches.append(clip_embed.load_cache(directory, split))
+    caches.append(clip_cache.load_cache(directory, split))
   frames = {int(c["image_embeds"].shape[1]) for c in caches}
   if len(frames) > 1:
     raise cfg.ConfigError(f"config.{ctx.name}: the datasets show different numbers of frames per TR "
@@ -288,7 +254,7 @@ def run(ctx: StageContext) -> dict:
   table = common.subject_table(ctx.config, ctx.name, source)
   initial = None
   if stage.init_from:
-    mbm_params, mbm_meta = common.load_params(resolve_path(ctx, stage.init_from))
+    mbm_params, mbm_meta = artifacts.load_params(resolve_path(ctx, stage.init_from), kinds=("mbm",))
     initial = lambda p: dict(p, encoder=fmri_encoder.init_from_mbm(
         p["encoder"], common.match_subjects(mbm_params, mbm_meta, p["encoder"], table)))
   iterator = pipeline.make_iterator(source, batch_size=stage.batch_size, seed=ctx.config.seed,
@@ -296,71 +262,11 @@ def run(ctx: StageContext) -> dict:
   state = common.train(ctx, init_variables=init_variables, loss_fn=loss_fn, iterator=iterator,
                        batch_keys=tuple(batch), initial_params=initial)
   params = jax.device_get(state.params)
-  common.save_params(ctx.stage_dir, params, {"kind": "fmri_aligner", "num_voxels": source.num_voxels,
-                                             "window": datasets[0].window, "clip_dim": clip_dim,
-                                             "align": stage.to_dict(), "subject_table": table,
-                                             "variable_voxels": variable})
+  fmri_encoder.save(ctx.stage_dir, model, params, subject_table=table, variable_voxels=variable,
+                    trained_by=ctx.name, config=stage.to_dict())
   test = common.make_stage_source(ctx.config, ctx.name, "test", weighted=False)
-  scores = retrieval(model, params, test, clip_caches(ctx, datasets, "test"), stage.retrieval_candidates)
+  scores = retrieval.retrieval(model, params, test, clip_caches(ctx, datasets, "test"), stage.retrieval_candidates)
   summary = {"steps": int(jax.device_get(state.step)), "train_windows": len(source), **scores}
   if variable:
     summary.update(num_datasets=len(datasets), num_subjects_total=source.dataset_subjects)
   return summary
-
-
-def embed_windows(model: FmriAligner, params, source, batch_size: int = 64, *,
-                  with_datasets: bool = False) -> tuple[np.ndarray, ...]:
-  """Pooled fMRI embeddings of every window of `source`, with their stimulus record and clip ids
-  (and, with `with_datasets`, each window's dataset index: 0 for a single dataset)."""
-  per_subject = bool(model.encoder.num_subjects)
-  variable = getattr(source, "variable_voxels", False)
-  apply = jax.jit(lambda p, x, s, v: model.apply({"params": p}, x, subject=s if per_subject else None,
-                                                 num_voxels=v)["embed"])
-  embeds, records, clips, datasets = [], [], [], []
-  for start in range(0, len(source), batch_size):
-    exs = [source[i] for i in range(start, min(len(source), start + batch_size))]
-    counts = np.stack([e["num_voxels"] for e in exs]) if variable else None
-    embeds.append(np.asarray(apply(params, np.stack([e["fmri"] for e in exs]),
-                                   np.stack([e["subject"] for e in exs]), counts)))
-    records.extend(int(e["record"]) for e in exs)
-    clips.extend(int(e["clip_id"]) for e in exs)
-    datasets.extend(int(e.get("dataset", 0)) for e in exs)
-  out = (np.concatenate(embeds), np.asarray(records), np.asarray(clips))
-  return out + (np.asarray(datasets),) if with_datasets else out
-
-
-def retrieval(model: FmriAligner, params, source, cache: dict[str, np.ndarray] | list[dict[str, np.ndarray]],
-              candidates: int) -> dict[str, float]:
-  """Top-1 fMRI->image and image->fMRI among `candidates`; the image of a TR is its mean frame embedding.
-
-  With several datasets (`cache`: one per dataset), also per dataset
-  (`<metric>/dataset_<d>`, for datasets with at least `candidates` test windows).
-  """
-  caches = [cache] if isinstance(cache, dict) else list(cache)
-  f, records, clips, datasets = embed_windows(model, params, source, with_datasets=True)
-  images = np.stack([caches[d]["image_embeds"][r].mean(axis=0) for d, r in zip(datasets, records)])
-  # A clip is identified by (dataset, clip_id): ids of different datasets may coincide.
-  clips = np.unique(np.stack([datasets, clips], axis=1), axis=0, return_inverse=True)[1].reshape(-1)
-  out = _retrieval_scores(f, images, clips, candidates)
-  if out is None:
-    raise ValueError(f"the test set has {len(f)} windows, fewer than the {candidates} retrieval candidates; "
-                     "lower config.align.retrieval_candidates.")
-  if len(caches) > 1:
-    for d in range(len(caches)):
-      rows = datasets == d
-      per = _retrieval_scores(f[rows], images[rows], clips[rows], candidates)
-      for k, v in (per or {}).items():
-        if k.endswith("top1"):
-          out[f"{k}/dataset_{d}"] = v
-  return out
-
-
-def _retrieval_scores(f, images, clips, candidates: int) -> dict[str, float] | None:
-  groups = [slice(s, s + candidates) for s in range(0, len(f) - candidates + 1, candidates)]
-  if not groups:
-    return None
-  score = lambda q, k, g=None: float(np.mean([losses.retrieval_top1(q[s], k[s], None if g is None else g[s])
-                                              for s in groups]))
-  return {"retrieval_candidates": candidates, "retrieval_groups": len(groups),
-          "fmri_to_image_top1": score(f, images), "image_to_fmri_top1": score(images, f),
-          "fmri_to_image_same_clip_top1": score(f, images, clips)}

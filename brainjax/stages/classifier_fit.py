@@ -83,6 +83,9 @@ from brainjax.stages import StageContext, common
 from brainjax.train.optim import optim_config
 
 CONFIG_KEYS = ("seed", "data")
+# Artifact kinds: what its path fields read and what it writes (checked before anything runs).
+INPUTS = {}
+OUTPUTS = {"image_classifier": "image_classifier", "video_classifier": "video_classifier"}
 
 IMAGE_DIR, VIDEO_DIR = "image_classifier", "video_classifier"
 # The real checkpoints' normalisations, so the stand-ins' processor files read like theirs.

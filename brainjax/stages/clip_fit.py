@@ -24,6 +24,9 @@ from brainjax.stages import StageContext, common
 from brainjax.train.optim import optim_config
 
 CONFIG_KEYS = ("seed", "data")
+# Artifact kinds: what its path fields read and what it writes (checked before anything runs).
+INPUTS = {}
+OUTPUTS = {"text": "clip_text", "vision": "clip_vision"}
 fingerprint = common.dataset_fingerprint
 
 
@@ -75,14 +78,6 @@ def build(stage: ml_collections.ConfigDict, resolution: int, tokenizer: WordToke
   return DualEncoder(text, vision)
 
 
-def frames_to_pixels(frames: jax.Array, image_size: int) -> jax.Array:
-  """uint8 [..., H, W, 3] -> CLIP-normalised float [..., S, S, 3] (resized if H != S)."""
-  x = frames.astype(jnp.float32) / 255.0
-  if x.shape[-3] != image_size:
-    x = jax.image.resize(x, x.shape[:-3] + (image_size, image_size, 3), "bicubic")
-  return (x - jnp.asarray(clip.CLIP_MEAN)) / jnp.asarray(clip.CLIP_STD)
-
-
 def run(ctx: StageContext) -> dict:
   stage = ctx.config.clip_fit
   tokenizer = WordTokenizer.for_synthetic_captions(stage.max_length)
@@ -101,7 +96,7 @@ def run(ctx: StageContext) -> dict:
   def loss_fn(params, model_state, batch, rng):
     frames = batch["frames"]
     pick = jax.random.randint(rng, (frames.shape[0],), 0, frames.shape[1])  # a random frame of each TR
-    pixels = frames_to_pixels(frames[jnp.arange(frames.shape[0]), pick], resolution)
+    pixels = clip.frames_to_pixels(frames[jnp.arange(frames.shape[0]), pick], resolution)
     text, image, scale = model.apply({"params": params}, batch["ids"], batch["mask"], pixels)
     return losses.clip_loss(text, image, scale), ({"logit_scale": scale}, model_state)
 
@@ -120,7 +115,7 @@ def run(ctx: StageContext) -> dict:
 
 def _test_retrieval(model, params, source, tokenizer, resolution) -> float:
   """Caption -> middle-frame top-1 retrieval over the test split; a frame of the caption's clip counts."""
-  apply = jax.jit(lambda p, i, m, x: model.apply({"params": p}, i, m, frames_to_pixels(x, resolution))[:2])
+  apply = jax.jit(lambda p, i, m, x: model.apply({"params": p}, i, m, clip.frames_to_pixels(x, resolution))[:2])
   texts, images, clips = [], [], []
   for start in range(0, len(source), 64):
     exs = [source[i] for i in range(start, min(len(source), start + 64))]

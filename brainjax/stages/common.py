@@ -31,7 +31,6 @@ to its own table (subjects it lacks start from a fresh init).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,12 +38,12 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
-from etils import epath
 
+from brainjax import artifacts, diffusion
 from brainjax import config as cfg
-from brainjax.models import params as params_lib
+from brainjax.models import video_unet as vu
+from brainjax.weights import params as params_lib
 from brainjax.stages import REGISTRY, StageContext, stage_source
 from brainjax.train import sharding as shd
 from brainjax.train.checkpoint import Checkpointer
@@ -250,7 +249,7 @@ def initial_params_matching_subjects(ctx: StageContext, init_from: str,
   if not init_from:
     return None
   from brainjax.stages import resolve_path
-  source, meta = load_params(resolve_path(ctx, init_from))
+  source, meta = artifacts.load_params(resolve_path(ctx, init_from))
   return lambda params: params_lib.overlay(params, match_subjects(source, meta, params, table))
 
 
@@ -290,7 +289,7 @@ def initial_params_from(ctx: StageContext, init_from: str) -> Callable[[Any], An
   if not init_from:
     return None
   from brainjax.stages import resolve_path
-  source, _ = load_params(resolve_path(ctx, init_from))
+  source, _ = artifacts.load_params(resolve_path(ctx, init_from))
   return lambda params: params_lib.overlay(params, source)
 
 
@@ -355,24 +354,34 @@ def train(
           state=state, train_step=step_fn, data_iterator=iterator,
           to_device=lambda b: shd.global_batch({k: b[k] for k in batch_keys}, batch_sharding),
           num_steps=stage.num_steps, checkpointer=checkpointer, writer=writer, stop=stop,
-          log_every_steps=stage.log_every_steps, name=ctx.name)
+          log_every_steps=stage.log_every_steps, name=ctx.name,
+          on_progress=None if ctx.timer is None else lambda force: ctx.timer.tick(force=force))
   finally:
     checkpointer.close()
     writer.close()
   return state
 
 
-def save_params(directory: epath.Path, params: Any, meta: dict) -> None:
-  """A stage's product: `params/` (Orbax) and `model.json` (what is needed to rebuild the module)."""
-  directory.mkdir(parents=True, exist_ok=True)
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(directory / "params", params, force=True)
-  if jax.process_index() == 0:
-    (directory / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+def validate_video_training(config: ml_collections.ConfigDict, name: str) -> None:
+  """The fields every stage that trains and samples the video UNet has (video_finetune, cotrain)."""
+  stage = config[name]
+  validate_train(config, name)
+  cfg.require_positive_int(config, f"{name}.num_frames")
+  cfg.require_positive_int(config, f"{name}.resolution", allow_zero=True)
+  cfg.require_positive_int(config, f"{name}.attention_query_chunk", allow_zero=True)
+  cfg.require_in_range(config, f"{name}.dependent_noise_beta", 0.0, 1.0)
+  validate_diffusion_fields(config, name)
+  if stage.variant not in vu.VARIANTS:
+    raise cfg.ConfigError(f"config.{name}.variant = {stage.variant!r}; choose one of {sorted(vu.VARIANTS)}.")
 
 
-def load_params(directory: epath.Path) -> tuple[Any, dict]:
-  meta = json.loads((directory / "model.json").read_text())
-  with ocp.StandardCheckpointer() as checkpointer:
-    params = checkpointer.restore(directory / "params")
-  return params, meta
+def validate_diffusion_fields(config: ml_collections.ConfigDict, name: str) -> None:
+  """The diffusion fields of every stage that trains and samples a UNet (unet_fit too)."""
+  cfg.require_positive(config, f"{name}.snr_gamma", allow_zero=True)
+  cfg.require_positive_int(config, f"{name}.sample.count", allow_zero=True)
+  cfg.require_positive_int(config, f"{name}.sample.num_steps")
+  cfg.require_choice(config, f"{name}.sample.sampler", diffusion.SAMPLERS)
+  try:
+    diffusion.NoiseSchedule.create(**config[name].schedule.to_dict())
+  except (ValueError, TypeError) as e:
+    raise cfg.ConfigError(f"config.{name}.schedule: {e}") from e

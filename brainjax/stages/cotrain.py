@@ -7,7 +7,8 @@ trained with the denoising loss on the target videos (batch 9, lr 3e-5).
 NeuralFlix does the same with its dependent noise (`dependent_noise_beta`,
 Eq. 7) in training and at sampling.
 
-Reads: `encoder_from` (stage align's params/model.json: the FmriAligner),
+Reads: `encoder_from` (an `fmri_encoder` artifact: stage align's, or a MindVideo
+encoder imported with `python -m brainjax.convert.mbm encoder-import`),
 `unet_from` (stage video_finetune's `unet/`), `vae_path` (frozen; the clips'
 posteriors are cached at the start, as in video_finetune). Each training example
 is an fMRI window (config.data with `data_overrides`) paired with the clip of
@@ -29,8 +30,8 @@ Memory: the fit holds every training window (window x voxels floats) and its
 caption's hidden states on the host, in float64. One map serves all subjects:
 with several, their voxels share the readout's input positions.
 
-Writes: `params/` + `model.json` (the encoder, in align's format, so later stages
-read either), `unet/` (the MindVideo layout), and `samples/` GIFs of test clips
+Writes: `params/` + `model.json` (the encoder, an `fmri_encoder` artifact like
+align's, so later stages read either), `unet/` (the MindVideo layout), and `samples/` GIFs of test clips
 reconstructed from test fMRI with adversarial guidance: the negative condition
 is the encoder's output for the mean test fMRI window (MindVideo's
 `uncon_fmri`), scale `sample.guidance_scale` (12.5 in the paper).
@@ -44,15 +45,21 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from brainjax import augment, diffusion, generation
+from brainjax import augment, diffusion
 from brainjax import config as cfg
-from brainjax.data import pipeline
+from brainjax.data import pipeline, stimuli
+from brainjax.features import clip_cache, vae_cache
 from brainjax.models import fmri_encoder, vae
 from brainjax.models import video_unet as vu
-from brainjax.stages import StageContext, align, common, resolve_path, stage_source, video_finetune
+from brainjax.pipelines import generation
+from brainjax.stages import StageContext, common, resolve_path, stage_source
 from brainjax.train.optim import optim_config
 
 CONFIG_KEYS = ("seed", "data")
+# Artifact kinds: what its path fields read and what it writes (checked before anything runs).
+INPUTS = {"encoder_from": ("fmri_encoder",), "unet_from": ("video_unet",), "vae_path": ("vae",),
+          "readout_fit.text_cache": ("clip_cache",)}
+OUTPUTS = {"": "fmri_encoder", "unet": "video_unet"}
 fingerprint = common.effective_data_fingerprint
 
 
@@ -81,7 +88,7 @@ def stage_config(**overrides) -> ml_collections.ConfigDict:
 def validate(config: ml_collections.ConfigDict, name: str) -> None:
   del name
   stage = config.cotrain
-  video_finetune.validate_video_training(config, "cotrain")
+  common.validate_video_training(config, "cotrain")
   cfg.require_in_range(config, "cotrain.sparsify_rate", 0.0, 0.99)
   if (stage_source(stage.unet_from) or ("",))[0] == "video_finetune" and "video_finetune" in config:
     trained, here = config.video_finetune.schedule.to_dict(), stage.schedule.to_dict()
@@ -100,35 +107,23 @@ def validate(config: ml_collections.ConfigDict, name: str) -> None:
       raise cfg.ConfigError("config.cotrain.readout_fit.alpha > 0 fits the head's caption readout, but "
                             "config.align.head.readout_rank = 0: the encoder has none; set a rank (e.g. 256).")
   for field in ("encoder_from", "unet_from", "vae_path"):
-    path = vae_path(config) if field == "vae_path" else stage[field]
+    path = _vae_path(config) if field == "vae_path" else stage[field]
     if not path:
       raise cfg.ConfigError(f"config.cotrain.{field} is empty; see the stage's docstring for what it reads.")
     common.validate_stage_path(config, "cotrain", field, path)
 
 
-def vae_path(config: ml_collections.ConfigDict) -> str:
+def _vae_path(config: ml_collections.ConfigDict) -> str:
   """config.cotrain.vae_path, or video_finetune's when empty (the VAE the UNet was fine-tuned with)."""
   return config.cotrain.vae_path or (config.video_finetune.vae_path if "video_finetune" in config else "")
 
 
-def load_encoder(directory) -> tuple[align.FmriAligner, dict, dict]:
-  """(FmriAligner, params, model.json) saved by stage align (or by cotrain, in the same format)."""
-  params, meta = common.load_params(directory)
-  if meta.get("kind") != "fmri_aligner":
-    raise ValueError(f"{directory} holds a {meta.get('kind')!r}, not an fMRI encoder saved by stage align; point "
-                     "config.cotrain.encoder_from at stage align's output.")
-  stage = ml_collections.ConfigDict(meta["align"])
-  model = align.build(stage, meta["num_voxels"], meta["window"], meta["clip_dim"],
-                      len(meta.get("subject_table") or [None]))
-  return model, params, meta
-
-
 def run(ctx: StageContext) -> dict:
   stage = ctx.config.cotrain
-  encoder, encoder_params, meta = load_encoder(resolve_path(ctx, stage.encoder_from))
+  encoder, encoder_params, meta = fmri_encoder.load(resolve_path(ctx, stage.encoder_from))
   unet, unet_params = vu.load_video_unet(resolve_path(ctx, stage.unet_from), stage.variant, remat=stage.remat,
                                          attention_query_chunk=stage.attention_query_chunk)
-  vae_module, vae_params = vae.load_vae(resolve_path(ctx, vae_path(ctx.config)))
+  vae_module, vae_params = vae.load_vae(resolve_path(ctx, _vae_path(ctx.config)))
   head = encoder.head
   if unet.config.context_dim != head.out_dim:
     raise cfg.ConfigError(f"the fMRI encoder's condition is {head.out_dim} wide but the UNet cross-attends to "
@@ -136,9 +131,10 @@ def run(ctx: StageContext) -> dict:
 
   data = common.stage_data_config(ctx.config, ctx.name)
   source = pipeline.make_source(data, "train")
-  if source.num_voxels != meta["num_voxels"] or data.window != meta["window"]:
+  window, num_voxels = encoder.encoder.window, encoder.encoder.num_voxels
+  if source.num_voxels != num_voxels or data.window != window:
     raise cfg.ConfigError(f"the fMRI windows are {data.window} x {source.num_voxels} but the encoder from "
-                          f"{stage.encoder_from} takes {meta['window']} x {meta['num_voxels']}; use the data settings "
+                          f"{stage.encoder_from} takes {window} x {num_voxels}; use the data settings "
                           "of stage align.")
   readout_summary = {}
   if stage.readout_fit.alpha:
@@ -146,7 +142,7 @@ def run(ctx: StageContext) -> dict:
                                                           resolve_path(ctx, stage.readout_fit.text_cache),
                                                           float(stage.readout_fit.alpha))
   stimuli = pipeline.make_stimulus_source(data, "train")
-  mean, std = video_finetune.posterior_cache(vae_module, vae_params, stimuli, stage.num_frames, stage.resolution)
+  mean, std = vae_cache.posterior_cache(vae_module, vae_params, stimuli, stage.num_frames, stage.resolution)
   schedule = diffusion.NoiseSchedule.create(**stage.schedule.to_dict())
   beta = float(stage.dependent_noise_beta)
   per_subject = bool(encoder.encoder.num_subjects)
@@ -164,7 +160,7 @@ def run(ctx: StageContext) -> dict:
   def init_variables(rng):
     # Shapes and shardings only (never run): both parts start from their stages' params (params= below).
     fmri_rng, unet_rng = jax.random.split(rng)
-    fmri = jnp.zeros((1, meta["window"], meta["num_voxels"]))
+    fmri = jnp.zeros((1, window, num_voxels))
     fmri_vars = encoder.init({"params": fmri_rng, "dropout": fmri_rng}, fmri,
                              subject=jnp.zeros((1,), jnp.int32) if per_subject else None)
     unet_vars = unet.init(unet_rng, jnp.zeros((1,) + mean.shape[1:]), jnp.zeros((), jnp.int32),
@@ -186,7 +182,8 @@ def run(ctx: StageContext) -> dict:
                        batch_keys=("fmri", "subject", "mean", "std"),
                        params={"fmri": encoder_params, "unet": unet_params})
   params = jax.device_get(state.params)
-  common.save_params(ctx.stage_dir, params["fmri"], dict(meta, trained_by="cotrain"))
+  provenance = {k: v for k, v in meta.items() if k not in fmri_encoder.model_meta(encoder)}
+  fmri_encoder.save(ctx.stage_dir, encoder, params["fmri"], **dict(provenance, trained_by=ctx.name))
   if jax.process_index() == 0:
     vu.save_video_unet(ctx.stage_dir / "unet", unet, params["unet"])
   summary = {"steps": int(jax.device_get(state.step)), "train_windows": len(source), **readout_summary}
@@ -196,7 +193,7 @@ def run(ctx: StageContext) -> dict:
   return summary
 
 
-def fit_caption_readout(encoder: align.FmriAligner, params: dict, data: ml_collections.ConfigDict, text_cache,
+def fit_caption_readout(encoder: fmri_encoder.FmriAligner, params: dict, data: ml_collections.ConfigDict, text_cache,
                         alpha: float) -> tuple[dict, dict]:
   """The encoder's params with the head's caption readout fitted (module docstring), and the fit's numbers."""
   head = encoder.head
@@ -204,7 +201,7 @@ def fit_caption_readout(encoder: align.FmriAligner, params: dict, data: ml_colle
     raise cfg.ConfigError("config.cotrain.readout_fit.alpha > 0 but the encoder's head has no caption readout "
                           "(readout_rank 0 when align trained it); set config.align.head.readout_rank and rerun "
                           "align, or set readout_fit.alpha = 0.")
-  hidden = {split: video_finetune.load_caption_condition(text_cache, split)[0] for split in ("train", "test")}
+  hidden = {split: clip_cache.load_caption_condition(text_cache, split)[0] for split in ("train", "test")}
   if hidden["train"].shape[1:] != (head.out_tokens, head.out_dim):
     raise cfg.ConfigError(f"the captions' hidden states in {text_cache} are {hidden['train'].shape[1:]} but the "
                           f"fMRI condition is ({head.out_tokens}, {head.out_dim}); the readout fits one onto the "
@@ -226,12 +223,12 @@ def fit_caption_readout(encoder: align.FmriAligner, params: dict, data: ml_colle
     return np.concatenate([np.asarray(apply(p, fmri[i:i + 64], subject[i:i + 64]), np.float64)
                            for i in range(0, len(fmri), 64)])
 
-  train_fmri, train_subject, train_caption = caption_windows(pipeline.make_source(data, "train"), hidden["train"])
+  train_fmri, train_subject, train_caption = stimuli.caption_windows(pipeline.make_source(data, "train"), hidden["train"])
   train_caption = train_caption.astype(np.float64)
   out = dict(params, head=fmri_encoder.fit_readout(
       head, plain["head"], train_fmri, train_caption - conditions(plain, train_fmri, train_subject), alpha))
   # How far the condition is from the test windows' captions, relative to the mean training caption's.
-  test_fmri, test_subject, test_caption = caption_windows(pipeline.make_source(data, "test"), hidden["test"])
+  test_fmri, test_subject, test_caption = stimuli.caption_windows(pipeline.make_source(data, "test"), hidden["test"])
   aligned = dict(params, head=dict(params["head"], readout_out=zeroed["readout_out"]))  # align's head alone
   spread = float(((test_caption - train_caption.mean(0)) ** 2).sum())
   before = float(((conditions(aligned, test_fmri, test_subject) - test_caption) ** 2).sum()) / spread
@@ -241,27 +238,6 @@ def fit_caption_readout(encoder: align.FmriAligner, params: dict, data: ml_colle
   logging.info("cotrain: caption readout fitted (rank %d, alpha %g): relative squared error to the test captions "
                "%.3f -> %.3f", rank, alpha, before, after)
   return out, summary
-
-
-def caption_windows(source, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Every window of `source`, read once: its fMRI [n, w, V], subject [n] and its stimulus TR's caption
-  hidden states [n, L, C] (`hidden`: clip_embed's, in record order)."""
-  fmri, subject, record = [], [], []
-  for i in range(len(source)):
-    ex = source[i]
-    fmri.append(ex["fmri"])
-    subject.append(ex["subject"])
-    record.append(int(ex["record"]))
-  return np.stack(fmri), np.stack(subject), hidden[np.asarray(record)]
-
-
-def mean_fmri(source) -> np.ndarray:
-  """MindVideo's `uncon_fmri`: the mean fMRI window of `source` ([window, V])."""
-  total = None
-  for i in range(len(source)):
-    x = source[i]["fmri"].astype(np.float64)
-    total = x if total is None else total + x
-  return (total / len(source)).astype(np.float32)
 
 
 def _write_samples(ctx, data, unet, params, condition, schedule, vae_module, vae_params, latent_shape) -> dict:
@@ -274,15 +250,15 @@ def _write_samples(ctx, data, unet, params, condition, schedule, vae_module, vae
   cond = condition(params["fmri"], fmri, subject)
   negative = None
   if stage.sample.adversarial:
-    negative = condition(params["fmri"], np.broadcast_to(mean_fmri(test), fmri.shape), subject)
+    negative = condition(params["fmri"], np.broadcast_to(stimuli.mean_fmri(test), fmri.shape), subject)
   sampler = generation.make_sampler(unet, schedule, stage.sample, float(stage.dependent_noise_beta))
   latents = sampler(params["unet"], cond, negative, jax.random.key(stage.sample.seed),
                     shape=(len(picks),) + tuple(latent_shape))
   generated = generation.decode(vae_module, vae_params, latents)
   real = generation.match_size(
-      video_finetune.clip_frames(np.stack([e["frames"] for e in exs]), stage.num_frames, "the test stimuli"),
+      stimuli.clip_frames(np.stack([e["frames"] for e in exs]), stage.num_frames, "the test stimuli"),
       generated)
   if jax.process_index() == 0:
     generation.write_pairs(ctx.stage_dir / "samples", real, generated, [e["caption"] for e in exs],
-                           video_finetune.dataset_fps(data), extra=[{"record": int(e["record"])} for e in exs])
+                           stimuli.dataset_fps(data), extra=[{"record": int(e["record"])} for e in exs])
   return {"samples": len(picks)}

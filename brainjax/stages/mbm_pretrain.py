@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from brainjax import artifacts
 from brainjax import config as cfg
 from brainjax.data import pipeline
 from brainjax.models import mbm
@@ -34,6 +35,9 @@ from brainjax.stages import common
 from brainjax.train.optim import optim_config
 
 CONFIG_KEYS = ("seed", "data")
+# Artifact kinds: what its path fields read and what it writes (checked before anything runs).
+INPUTS = {"init_from": ("mbm",)}
+OUTPUTS = {"": "mbm"}
 fingerprint = common.effective_datasets_fingerprint
 
 
@@ -129,7 +133,7 @@ def run(ctx: StageContext) -> dict:
                        batch_keys=tuple(batch),
                        initial_params=common.initial_params_matching_subjects(ctx, stage.init_from, table))
   params = jax.device_get(state.params)
-  common.save_params(ctx.stage_dir, params, {"kind": "mbm", "num_voxels": source.num_voxels,
+  artifacts.save_params(ctx.stage_dir, params, {"kind": "mbm", "num_voxels": source.num_voxels,
                                              "num_subjects": model.num_subjects, "model": stage.model.to_dict(),
                                              "subject_table": table, "variable_voxels": variable})
   summary = {"steps": int(jax.device_get(state.step)), "num_voxels": source.num_voxels,

@@ -35,13 +35,19 @@ import ml_collections
 import numpy as np
 
 from brainjax import config as cfg
-from brainjax import diffusion, generation, media
+from brainjax import diffusion, media
 from brainjax.data import pipeline
+from brainjax.diffusion import training as dtraining
+from brainjax.features import clip_cache, vae_cache
 from brainjax.models import unet, vae
-from brainjax.stages import StageContext, common, resolve_path, video_finetune
+from brainjax.pipelines import generation
+from brainjax.stages import StageContext, common, resolve_path
 from brainjax.train.optim import optim_config
 
 CONFIG_KEYS = ("seed", "data")
+# Artifact kinds: what its path fields read and what it writes (checked before anything runs).
+INPUTS = {"vae_path": ("vae",), "text_cache": ("clip_cache",)}
+OUTPUTS = {"unet": "unet"}
 fingerprint = common.dataset_fingerprint
 
 
@@ -67,7 +73,7 @@ def validate(config: ml_collections.ConfigDict, name: str) -> None:
                           "with real data point config.video_finetune.unet_path at a pretrained one (e.g. "
                           "stable-diffusion-v1-5/unet).")
   common.validate_train(config, "unet_fit")
-  video_finetune.validate_diffusion_fields(config, "unet_fit")
+  common.validate_diffusion_fields(config, "unet_fit")
   cfg.require_in_range(config, "unet_fit.uncond_prob", 0.0, 1.0)
   cfg.require_positive_int(config, "unet_fit.resolution", allow_zero=True)
   try:
@@ -100,19 +106,19 @@ def run(ctx: StageContext) -> dict:
   module = unet.UNet2DConditionModel(unet.UNetConfig.from_dict(stage.unet.to_dict()))
   vae_module, vae_params = vae.load_vae(resolve_path(ctx, stage.vae_path))
   cache_dir = resolve_path(ctx, stage.text_cache)
-  hidden, uncond = video_finetune.load_caption_condition(cache_dir, "train")
-  video_finetune.check_widths(module.config, vae_module, uncond)
+  hidden, uncond = clip_cache.load_caption_condition(cache_dir, "train")
+  dtraining.check_widths(module.config, vae_module.config, uncond)
 
   source = pipeline.make_stimulus_source(ctx.config.data, "train")
   frames_per_tr = int(source[0]["frames"].shape[0])
-  mean, std = video_finetune.posterior_cache(vae_module, vae_params, source, frames_per_tr, stage.resolution)
+  mean, std = vae_cache.posterior_cache(vae_module, vae_params, source, frames_per_tr, stage.resolution)
   schedule = diffusion.NoiseSchedule.create(**stage.schedule.to_dict())
   latent_shape = mean.shape[2:]
 
   def init_variables(rng):
     return module.init(rng, jnp.zeros((1,) + latent_shape), jnp.zeros((), jnp.int32), jnp.zeros((1,) + uncond.shape))
 
-  loss_fn = video_finetune.caption_diffusion_loss(module, schedule, uncond, stage.uncond_prob, stage.snr_gamma)
+  loss_fn = dtraining.caption_diffusion_loss(module, schedule, uncond, stage.uncond_prob, stage.snr_gamma)
   iterator = pipeline.make_iterator(_FrameSource(mean, std, hidden), batch_size=stage.batch_size,
                                     seed=ctx.config.seed)
   state = common.train(ctx, init_variables=init_variables, loss_fn=loss_fn, iterator=iterator,
@@ -131,7 +137,7 @@ def _write_samples(ctx: StageContext, module, params, schedule, vae_module, vae_
   """samples.png: the middle frame of `sample.count` test TRs over the frame generated from each caption."""
   stage = ctx.config.unet_fit
   test = pipeline.make_stimulus_source(ctx.config.data, "test")
-  hidden, _ = video_finetune.load_caption_condition(resolve_path(ctx, stage.text_cache), "test")
+  hidden, _ = clip_cache.load_caption_condition(resolve_path(ctx, stage.text_cache), "test")
   records = generation.spread_records(test, stage.sample.count)
   cond = hidden[records]
   sampler = generation.make_sampler(module, schedule, stage.sample)

@@ -34,6 +34,9 @@ from brainjax.stages import StageContext, common
 from brainjax.train.optim import optim_config
 
 CONFIG_KEYS = ("seed", "data")
+# Artifact kinds: what its path fields read and what it writes (checked before anything runs).
+INPUTS = {}
+OUTPUTS = {"vae": "vae"}
 fingerprint = common.dataset_fingerprint
 
 

@@ -37,15 +37,21 @@ import ml_collections
 import numpy as np
 
 from brainjax import config as cfg
-from brainjax import diffusion, generation, losses
-from brainjax.data import pipeline
+from brainjax import diffusion, losses
+from brainjax.data import pipeline, stimuli
+from brainjax.diffusion import training as dtraining
+from brainjax.features import clip_cache, vae_cache
 from brainjax.models import clip, unet, vae
 from brainjax.models import video_unet as vu
-from brainjax.stages import StageContext, clip_embed, common, resolve_path
-from brainjax.stages.clip_fit import frames_to_pixels
+from brainjax.pipelines import generation
+from brainjax.stages import StageContext, common, resolve_path
 from brainjax.train.optim import optim_config
 
 CONFIG_KEYS = ("seed", "data")
+# Artifact kinds: what its path fields read and what it writes (checked before anything runs).
+INPUTS = {"unet_path": ("unet", "video_unet"), "vae_path": ("vae",), "text_cache": ("clip_cache",),
+          "eval_vision_path": ("clip_vision",)}
+OUTPUTS = {"unet": "video_unet"}
 fingerprint = common.dataset_fingerprint
 
 
@@ -65,35 +71,10 @@ def stage_config(**overrides) -> ml_collections.ConfigDict:
   return stage
 
 
-def validate_video_training(config: ml_collections.ConfigDict, name: str) -> None:
-  """The fields every stage that trains and samples the video UNet has (video_finetune, cotrain)."""
-  stage = config[name]
-  common.validate_train(config, name)
-  cfg.require_positive_int(config, f"{name}.num_frames")
-  cfg.require_positive_int(config, f"{name}.resolution", allow_zero=True)
-  cfg.require_positive_int(config, f"{name}.attention_query_chunk", allow_zero=True)
-  cfg.require_in_range(config, f"{name}.dependent_noise_beta", 0.0, 1.0)
-  validate_diffusion_fields(config, name)
-  if stage.variant not in vu.VARIANTS:
-    raise cfg.ConfigError(f"config.{name}.variant = {stage.variant!r}; choose one of {sorted(vu.VARIANTS)}.")
-
-
-def validate_diffusion_fields(config: ml_collections.ConfigDict, name: str) -> None:
-  """The diffusion fields of every stage that trains and samples a UNet (unet_fit too)."""
-  cfg.require_positive(config, f"{name}.snr_gamma", allow_zero=True)
-  cfg.require_positive_int(config, f"{name}.sample.count", allow_zero=True)
-  cfg.require_positive_int(config, f"{name}.sample.num_steps")
-  cfg.require_choice(config, f"{name}.sample.sampler", diffusion.SAMPLERS)
-  try:
-    diffusion.NoiseSchedule.create(**config[name].schedule.to_dict())
-  except (ValueError, TypeError) as e:
-    raise cfg.ConfigError(f"config.{name}.schedule: {e}") from e
-
-
 def validate(config: ml_collections.ConfigDict, name: str) -> None:
   del name
   stage = config.video_finetune
-  validate_video_training(config, "video_finetune")
+  common.validate_video_training(config, "video_finetune")
   cfg.require_in_range(config, "video_finetune.uncond_prob", 0.0, 1.0)
   if not stage.unet_path and not stage.unet:
     raise cfg.ConfigError("config.video_finetune: give unet_path (a diffusers SD unet/ directory, e.g. a copy of "
@@ -125,36 +106,6 @@ def build_unet(ctx: StageContext):
                       attention_query_chunk=stage.attention_query_chunk), None
 
 
-def clip_frames(frames: np.ndarray, num_frames: int, what: str) -> np.ndarray:
-  if frames.shape[1] < num_frames:
-    raise cfg.ConfigError(f"{what} have {frames.shape[1]} frames per TR; config.video_finetune.num_frames = "
-                          f"{num_frames} asks for more. Lower it (MinD-Video: 6 = 3 FPS x 2 s).")
-  return frames[:, :num_frames]
-
-
-def posterior_cache(vae_module, vae_params, source, num_frames: int, resolution: int,
-                    batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
-  """Scaled posterior (mean, std) [R, T, h, w, c] of every TR's clip, in record order."""
-
-  @jax.jit
-  def moments(frames):
-    x = vae.to_model_input(frames, resolution)
-    b, t = x.shape[:2]
-    posterior = vae_module.apply({"params": vae_params}, x.reshape(b * t, *x.shape[2:]),
-                                 method=vae.AutoencoderKL.encode)
-    scale = lambda a: a.reshape(b, t, *a.shape[1:])
-    return (scale(vae.scale_latents(vae_module.config, posterior.mean)),
-            scale(posterior.std * vae_module.config.scaling_factor))
-
-  means, stds = [], []
-  for start in range(0, len(source), batch):
-    frames = np.stack([source[i]["frames"] for i in range(start, min(len(source), start + batch))])
-    m, s = moments(clip_frames(frames, num_frames, "the stimuli"))
-    means.append(np.asarray(m))
-    stds.append(np.asarray(s))
-  return np.concatenate(means), np.concatenate(stds)
-
-
 class _ClipSource:
   """Training examples: record index -> cached posterior and caption condition."""
 
@@ -175,11 +126,11 @@ def run(ctx: StageContext) -> dict:
   stage = ctx.config.video_finetune
   module, loaded = build_unet(ctx)
   vae_module, vae_params = vae.load_vae(resolve_path(ctx, stage.vae_path))
-  hidden, uncond = load_caption_condition(resolve_path(ctx, stage.text_cache), "train")
-  check_widths(module.config, vae_module, uncond)
+  hidden, uncond = clip_cache.load_caption_condition(resolve_path(ctx, stage.text_cache), "train")
+  dtraining.check_widths(module.config, vae_module.config, uncond)
 
   source = pipeline.make_stimulus_source(ctx.config.data, "train")
-  mean, std = posterior_cache(vae_module, vae_params, source, stage.num_frames, stage.resolution)
+  mean, std = vae_cache.posterior_cache(vae_module, vae_params, source, stage.num_frames, stage.resolution)
   schedule = diffusion.NoiseSchedule.create(**stage.schedule.to_dict())
   beta = float(stage.dependent_noise_beta)
   latent_shape = mean.shape[1:]
@@ -187,7 +138,7 @@ def run(ctx: StageContext) -> dict:
   def init_variables(rng):
     return module.init(rng, jnp.zeros((1,) + latent_shape), jnp.zeros((), jnp.int32), jnp.zeros((1,) + uncond.shape))
 
-  loss_fn = caption_diffusion_loss(module, schedule, uncond, stage.uncond_prob, stage.snr_gamma,
+  loss_fn = dtraining.caption_diffusion_loss(module, schedule, uncond, stage.uncond_prob, stage.snr_gamma,
                                    generation.noise_fn(beta))
   iterator = pipeline.make_iterator(_ClipSource(mean, std, hidden), batch_size=stage.batch_size,
                                     seed=ctx.config.seed)
@@ -203,65 +154,25 @@ def run(ctx: StageContext) -> dict:
   return summary
 
 
-def load_caption_condition(cache_dir, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """(caption hidden states [R, L, D] of `split` in record order, the empty caption's [L, D]) from clip_embed."""
-  cache = clip_embed.load_cache(cache_dir, split)
-  if "text_hidden" not in cache:
-    raise FileNotFoundError(f"{cache_dir} has no {split}/text_hidden.npy: run clip_embed with store_text_hidden=True.")
-  return cache["text_hidden"], clip_embed.load_uncond_hidden(cache_dir)
-
-
-def caption_diffusion_loss(module, schedule: diffusion.NoiseSchedule, uncond: np.ndarray, uncond_prob: float,
-                           snr_gamma: float, noise_fn: diffusion.NoiseFn | None = None):
-  """The text-to-image / text-to-video loss_fn for common.train over batches of cached posteriors.
-
-  batch: mean, std (the scaled VAE posterior of each example) and cond (its caption's hidden states).
-  A fresh latent is drawn from the posterior; the caption is replaced by the empty caption with
-  probability uncond_prob (for classifier-free guidance).
-  """
-  uncond = jnp.asarray(uncond)
-
-  def loss_fn(params, model_state, batch, rng):
-    latent_rng, drop_rng, loss_rng = jax.random.split(rng, 3)
-    x0 = batch["mean"] + batch["std"] * jax.random.normal(latent_rng, batch["mean"].shape)
-    drop = jax.random.uniform(drop_rng, (x0.shape[0],)) < uncond_prob
-    cond = jnp.where(drop[:, None, None], uncond[None], batch["cond"])
-    predict = lambda x, t, c: module.apply({"params": params}, x, t, c)
-    loss = diffusion.diffusion_loss(schedule, predict, x0, cond, loss_rng, noise_fn=noise_fn, snr_gamma=snr_gamma)
-    return loss, ({}, model_state)
-
-  return loss_fn
-
-
-def check_widths(c: unet.UNetConfig, vae_module: vae.AutoencoderKL, uncond: np.ndarray) -> None:
-  """The UNet must take the VAE's latent channels and cross-attend to the text condition's width."""
-  if c.context_dim != uncond.shape[-1]:
-    raise cfg.ConfigError(f"the UNet's cross_attention_dim is {c.context_dim} but the text condition is "
-                          f"{uncond.shape[-1]} wide; the UNet and the text tower of clip_embed must belong together "
-                          "(SD 1.x: CLIP ViT-L/14, 768).")
-  if c.in_channels != vae_module.config.latent_channels:
-    raise cfg.ConfigError(f"the UNet takes {c.in_channels} input channels but the VAE makes "
-                          f"{vae_module.config.latent_channels} latent channels.")
-
-
 def _write_samples(ctx: StageContext, module, params, schedule, vae_module, vae_params, uncond,
                    latent_shape) -> dict:
   stage = ctx.config.video_finetune
   test = pipeline.make_stimulus_source(ctx.config.data, "test")
   cache_dir = resolve_path(ctx, stage.text_cache)
-  test_cache = clip_embed.load_cache(cache_dir, "test")
+  test_cache = clip_cache.load_cache(cache_dir, "test")
   records = generation.spread_records(test, stage.sample.count)
-  cond = load_caption_condition(cache_dir, "test")[0][records]
+  cond = clip_cache.load_caption_condition(cache_dir, "test")[0][records]
   negative = np.broadcast_to(uncond, cond.shape)  # classifier-free guidance: the empty caption
   sampler = generation.make_sampler(module, schedule, stage.sample, float(stage.dependent_noise_beta))
   latents = sampler(params, cond, negative, jax.random.key(stage.sample.seed),
                     shape=(len(records),) + tuple(latent_shape))
   generated = generation.decode(vae_module, vae_params, latents)
   real = generation.match_size(
-      clip_frames(np.stack([test[r]["frames"] for r in records]), stage.num_frames, "the test stimuli"), generated)
+      stimuli.clip_frames(np.stack([test[r]["frames"] for r in records]), stage.num_frames, "the test stimuli"),
+      generated)
   captions = [test[r]["caption"] for r in records]
   if jax.process_index() == 0:
-    generation.write_pairs(ctx.stage_dir / "samples", real, generated, captions, dataset_fps(ctx.config.data),
+    generation.write_pairs(ctx.stage_dir / "samples", real, generated, captions, stimuli.dataset_fps(ctx.config.data),
                            extra=[{"record": r} for r in records])
   summary = {"samples": len(records)}
   if stage.eval_vision_path:
@@ -269,17 +180,11 @@ def _write_samples(ctx: StageContext, module, params, schedule, vae_module, vae_
   return summary
 
 
-def dataset_fps(data: ml_collections.ConfigDict) -> float:
-  """Frames per second of the dataset's stimuli (for the GIFs): the builder's metadata, else 3 (cc2017 as used)."""
-  metadata = dict(pipeline.load_builder(data).info.metadata or {})
-  return float(metadata.get("fps", metadata.get("spec", {}).get("fps", 3.0)))
-
-
 def _caption_retrieval(ctx: StageContext, generated: np.ndarray, text_embeds: np.ndarray) -> dict:
   """Generated middle frame -> its own caption among the sampled captions (CLIP image vs text embeddings)."""
   model, params = clip.load_clip_vision(resolve_path(ctx, ctx.config.video_finetune.eval_vision_path),
                                         with_projection=True)
   middle = generated[:, generated.shape[1] // 2]
-  image = model.apply({"params": params}, frames_to_pixels(middle, model.config.image_size)).image_embeds
+  image = model.apply({"params": params}, clip.frames_to_pixels(middle, model.config.image_size)).image_embeds
   top1 = float(losses.retrieval_top1(jnp.asarray(image), jnp.asarray(text_embeds)))
   return {"sample_caption_top1": top1, "sample_caption_chance": 1.0 / len(generated)}

@@ -21,7 +21,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding
 
-from brainjax.models import params as params_lib
+from brainjax.weights import params as params_lib
 from brainjax.train import sharding as shd
 from brainjax.train.optim import param_path
 

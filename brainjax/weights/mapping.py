@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from brainjax.models import params as params_lib
+from brainjax.weights import params as params_lib
 
 Array = np.ndarray
 
