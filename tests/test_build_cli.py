@@ -10,7 +10,7 @@ import pytest
 import data_builders
 from brainjax.data import build
 from data_builders import bmd
-from tests import test_builder_bmd as tiny_bmd
+from tests import bmd_release as tiny_bmd
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from brainjax.data import pipeline, synthetic
 from brainjax.models import videomae, vit
 from brainjax.stages import classifier_fit
 from tests import helpers
+from tests import parity
 
 pytestmark = pytest.mark.slow
 
@@ -49,12 +50,6 @@ def _test_frames(config, count=5):
   return np.stack([source[i]["frames"] for i in range(count)])  # [count, 6, 32, 32, 3] uint8
 
 
-def _assert_close(name, ref, got, rel=1e-4):
-  ref, got = np.asarray(ref), np.asarray(got)
-  err = float(np.abs(ref - got).max()) / max(float(np.abs(ref).max()), 1e-12)
-  assert err <= rel, f"{name}: max relative error {err} > {rel}"
-
-
 def test_summary_counts_the_test_frames_and_clips(finished):
   config, _, summary = finished
   assert summary["steps"] == 4 and summary["num_frames"] == 4
@@ -85,14 +80,16 @@ def test_image_classifier_loads_in_brainjax_and_transformers_alike(finished):
   processor = transformers.AutoImageProcessor.from_pretrained(str(path))
   assert type(processor).__name__.startswith("ViTImageProcessor")
   reference = processor(images=list(frames), return_tensors="np")["pixel_values"]  # NCHW
-  _assert_close("ViT preprocessing", reference, np.moveaxis(np.asarray(pixels), -1, 1), rel=1e-6)
+  parity.assert_rel_close("ViT preprocessing", reference, np.moveaxis(np.asarray(pixels), -1, 1), 1e-6,
+                          floor=1e-12)
 
   model, info = transformers.ViTForImageClassification.from_pretrained(str(path), output_loading_info=True)
   assert not info["missing_keys"] and not info["unexpected_keys"]
   assert [model.config.id2label[i] for i in range(len(synthetic.CLASSES))] == list(synthetic.CLASSES)
   with torch.no_grad():
     torch_logits = model.eval()(pixel_values=torch.from_numpy(reference)).logits.numpy()
-  _assert_close("ViT logits", torch_logits, vit.classify_images(module, params, pixels).logits)
+  parity.assert_rel_close("ViT logits", torch_logits, vit.classify_images(module, params, pixels).logits, 1e-4,
+                          floor=1e-12)
 
 
 def test_video_classifier_loads_in_brainjax_and_transformers_alike(finished):
@@ -111,14 +108,16 @@ def test_video_classifier_loads_in_brainjax_and_transformers_alike(finished):
   processor = transformers.AutoImageProcessor.from_pretrained(str(path))
   assert type(processor).__name__.startswith("VideoMAEImageProcessor")
   reference = processor([list(c) for c in clips], return_tensors="np")["pixel_values"]  # [B, T, C, H, W]
-  _assert_close("VideoMAE preprocessing", reference, np.moveaxis(np.asarray(pixels), -1, 2), rel=1e-6)
+  parity.assert_rel_close("VideoMAE preprocessing", reference, np.moveaxis(np.asarray(pixels), -1, 2), 1e-6,
+                          floor=1e-12)
 
   model, info = transformers.VideoMAEForVideoClassification.from_pretrained(str(path), output_loading_info=True)
   assert not info["missing_keys"] and not info["unexpected_keys"]
   assert [model.config.id2label[i] for i in range(len(MOTIONS))] == list(MOTIONS)
   with torch.no_grad():
     torch_logits = model.eval()(pixel_values=torch.from_numpy(reference)).logits.numpy()
-  _assert_close("VideoMAE logits", torch_logits, videomae.classify_videos(module, params, pixels).logits)
+  parity.assert_rel_close("VideoMAE logits", torch_logits, videomae.classify_videos(module, params, pixels).logits,
+                          1e-4, floor=1e-12)
 
 
 def test_the_preprocessor_files_read_like_the_papers_checkpoints(finished):

@@ -13,9 +13,10 @@ import transformers
 from PIL import Image
 from safetensors.numpy import load_file, save_file
 
-from brainjax.convert import CheckpointError, ConversionError
+from brainjax.weights import CheckpointError, ConversionError
 from brainjax.eval import metrics
 from brainjax.models import videomae, vit
+from tests import parity
 
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()
@@ -43,13 +44,6 @@ VIDEOMAE_CASES = [
     ("16frames-tubelet4-1head", dict(hidden_size=12, intermediate_size=20, num_hidden_layers=2, num_attention_heads=1,
                                      image_size=16, patch_size=8, num_frames=16, tubelet_size=4, num_labels=3), 1),
 ]
-
-
-def _assert_close(name, ref, got, rel=1e-4):
-  ref = ref.detach().numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref)
-  err = float(np.abs(ref - np.asarray(got)).max()) / max(float(np.abs(ref).max()), 1e-12)
-  print(f"  {name}: max relative error {err:.1e}")
-  assert err <= rel, f"{name}: max relative error {err} > {rel}"
 
 
 def _torch_vit(cfg, seed=0):
@@ -99,10 +93,10 @@ def test_vit_logits_match_transformers(tmp_path, name, cfg, batch):
   images = _images(cfg, batch)
   ref, out = _run_vit(model, images), vit.classify_images(module, params, images)
   print(f"\nViT {name}:")
-  _assert_close("logits", ref.logits, out.logits)
+  parity.assert_rel_close("logits", ref.logits, out.logits, 1e-4, floor=1e-12)
   with torch.no_grad():
     final = model.vit.layernorm(ref.hidden_states[-1])
-  _assert_close("last_hidden_state", final, out.last_hidden_state)
+  parity.assert_rel_close("last_hidden_state", final, out.last_hidden_state, 1e-4, floor=1e-12)
 
 
 @pytest.mark.parametrize("name,cfg,batch", VIDEOMAE_CASES, ids=[c[0] for c in VIDEOMAE_CASES])
@@ -116,9 +110,10 @@ def test_videomae_logits_match_transformers(tmp_path, name, cfg, batch):
   clips = _clips(cfg, batch)
   ref, out = _run_videomae(model, clips), videomae.classify_videos(module, params, clips)
   print(f"\nVideoMAE {name}:")
-  _assert_close("logits", ref.logits, out.logits)
-  _assert_close("last_hidden_state", ref.hidden_states[-1] if c.use_mean_pooling
-                else model.videomae.layernorm(ref.hidden_states[-1]).detach(), out.last_hidden_state)
+  parity.assert_rel_close("logits", ref.logits, out.logits, 1e-4, floor=1e-12)
+  parity.assert_rel_close("last_hidden_state", ref.hidden_states[-1] if c.use_mean_pooling
+                          else model.videomae.layernorm(ref.hidden_states[-1]).detach(), out.last_hidden_state, 1e-4,
+                          floor=1e-12)
 
 
 def test_videomae_position_table_is_transformers():
@@ -136,8 +131,8 @@ def test_videomae_num_frames_override_as_mindvideo_loads_it(tmp_path):
   module, params = videomae.load_videomae(path, num_frames=6)
   assert module.config.num_frames == 6 and module.config.num_patches == 3 * 16
   clips = _clips(cfg, 2, frames=6)
-  _assert_close("6-frame logits", _run_videomae(reference, clips).logits,
-                videomae.classify_videos(module, params, clips).logits)
+  parity.assert_rel_close("6-frame logits", _run_videomae(reference, clips).logits,
+                          videomae.classify_videos(module, params, clips).logits, 1e-4, floor=1e-12)
   with pytest.raises(ValueError, match=r"the clips have 8 frames but the VideoMAE config has num_frames = 6 "
                                        r"\(tubelet_size 2\).*load_videomae\(path, num_frames=8\)"):
     videomae.classify_videos(module, params, _clips(cfg, 1, frames=8))
@@ -312,7 +307,8 @@ def test_logical_axes_and_sharded_forward_match(tmp_path):
   clips = _clips(cfg, 4)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     out = videomae.classify_videos(module, sharded, clips)
-  _assert_close("sharded logits", videomae.classify_videos(module, params, clips).logits, out.logits, rel=1e-5)
+  parity.assert_rel_close("sharded logits", videomae.classify_videos(module, params, clips).logits, out.logits, 1e-5,
+                          floor=1e-12)
 
 
 def test_load_and_save_on_gcs(fake_gcs):
@@ -321,7 +317,8 @@ def test_load_and_save_on_gcs(fake_gcs):
   _saved(os.path.join(fake_gcs, "bucket", "vit"), model)
   module, params = vit.load_vit("gs://bucket/vit", remat=True)  # remat: same numbers
   images = _images(cfg, 1)
-  _assert_close("gs:// logits", _run_vit(model, images).logits, vit.classify_images(module, params, images).logits)
+  parity.assert_rel_close("gs:// logits", _run_vit(model, images).logits,
+                          vit.classify_images(module, params, images).logits, 1e-4, floor=1e-12)
   vit.save_vit("gs://bucket/copy", module.config, params)
   assert sorted(os.listdir(os.path.join(fake_gcs, "bucket", "copy"))) == ["config.json", "model.safetensors"]
 

@@ -13,9 +13,10 @@ import transformers
 from PIL import Image
 from safetensors.numpy import load_file, save_file
 
-from brainjax.convert import CheckpointError, ConversionError
+from brainjax.weights import CheckpointError, ConversionError
 from brainjax.models import clip
 from brainjax.train import sharding as shd
+from tests import parity
 
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()
@@ -44,17 +45,8 @@ VISION_CASES = [
 ]
 SEQ_LEN = 9
 VOCAB = 99
-
-
-def _err(ref, got) -> tuple[float, float]:
-  ref = ref.detach().numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref)
-  return float(np.abs(ref - np.asarray(got)).max()), 1e-5 * max(1.0, float(np.abs(ref).max()))
-
-
-def _assert_close(name, ref, got):
-  err, bound = _err(ref, got)
-  print(f"  {name}: max abs err {err:.2e} (bound {bound:.1e})")
-  assert err <= bound, f"{name}: max abs error {err} > {bound}"
+# Parity bound: max |ref - got| <= 1e-5 * max(1, max |ref|).
+TOL = dict(atol=1e-5, rtol=1e-5)
 
 
 def _text_inputs(cfg: dict, batch: int, lengths, seed: int = 0):
@@ -109,9 +101,10 @@ def test_text_parity(tmp_path, name, cfg, batch, lengths):
   ids, mask = _text_inputs(cfg, batch, lengths)
   ref, out = _run_torch_text(model, ids, mask), clip.encode_text(module, params, ids, mask)
   print(f"\ntext {name}:")
-  _assert_close("last_hidden_state", ref.last_hidden_state, out.last_hidden_state)
-  _assert_close("pooled", _run_torch_text(model.text_model, ids, mask).pooler_output, out.pooler_output)
-  _assert_close("text_embeds", ref.text_embeds, out.text_embeds)
+  parity.assert_abs_close("last_hidden_state", ref.last_hidden_state, out.last_hidden_state, **TOL)
+  parity.assert_abs_close("pooled", _run_torch_text(model.text_model, ids, mask).pooler_output, out.pooler_output,
+                          **TOL)
+  parity.assert_abs_close("text_embeds", ref.text_embeds, out.text_embeds, **TOL)
 
 
 def test_text_left_padding_matches_on_real_tokens(tmp_path):
@@ -125,8 +118,9 @@ def test_text_left_padding_matches_on_real_tokens(tmp_path):
   # Padded query rows attend to nothing; transformers' sdpa and eager paths disagree there, so
   # only real tokens are compared (the pooled EOS state is one of them).
   real = mask.astype(bool)
-  _assert_close("left-padded last_hidden_state", ref.last_hidden_state[real], np.asarray(out.last_hidden_state)[real])
-  _assert_close("left-padded text_embeds", ref.text_embeds, out.text_embeds)
+  parity.assert_abs_close("left-padded last_hidden_state", ref.last_hidden_state[real],
+                          np.asarray(out.last_hidden_state)[real], **TOL)
+  parity.assert_abs_close("left-padded text_embeds", ref.text_embeds, out.text_embeds, **TOL)
 
 
 @pytest.mark.parametrize("name,cfg,batch", VISION_CASES, ids=[c[0] for c in VISION_CASES])
@@ -137,11 +131,11 @@ def test_vision_parity(tmp_path, name, cfg, batch):
   pixels = _pixels(cfg, batch)
   ref, out = _run_torch_vision(model, pixels), clip.encode_images(module, params, pixels)
   print(f"\nvision {name}:")
-  _assert_close("last_hidden_state", ref.last_hidden_state, out.last_hidden_state)
-  _assert_close("image_embeds", ref.image_embeds, out.image_embeds)
+  parity.assert_abs_close("last_hidden_state", ref.last_hidden_state, out.last_hidden_state, **TOL)
+  parity.assert_abs_close("image_embeds", ref.image_embeds, out.image_embeds, **TOL)
   with torch.no_grad():
     pooled = model.vision_model.post_layernorm(ref.last_hidden_state[:, 0])
-  _assert_close("pooled", pooled, out.pooler_output)
+  parity.assert_abs_close("pooled", pooled, out.pooler_output, **TOL)
 
 
 def test_pooling_rules_legacy_argmax_and_first_eos(tmp_path):
@@ -156,8 +150,9 @@ def test_pooling_rules_legacy_argmax_and_first_eos(tmp_path):
     model.save_pretrained(tmp_path / str(eos))
     module, params = clip.load_clip_text(tmp_path / str(eos))
     ref, out = _run_torch_text(model, ids, None), clip.encode_text(module, params, ids)
-    _assert_close(f"eos={eos} pooled", ref.last_hidden_state[torch.arange(2), expected], out.pooler_output)
-    _assert_close(f"eos={eos} text_embeds", ref.text_embeds, out.text_embeds)
+    parity.assert_abs_close(f"eos={eos} pooled", ref.last_hidden_state[torch.arange(2), expected], out.pooler_output,
+                            **TOL)
+    parity.assert_abs_close(f"eos={eos} text_embeds", ref.text_embeds, out.text_embeds, **TOL)
 
 
 def test_combined_clip_model_checkpoint(tmp_path):
@@ -180,12 +175,12 @@ def test_combined_clip_model_checkpoint(tmp_path):
   image_out = clip.encode_images(vision, vision_params, pixels)
   unit = lambda x: np.asarray(x) / np.linalg.norm(np.asarray(x), axis=-1, keepdims=True)
   # CLIPModel returns L2-normalized projections.
-  _assert_close("CLIPModel text_embeds", out.text_embeds, unit(text_out.text_embeds))
-  _assert_close("CLIPModel image_embeds", out.image_embeds, unit(image_out.image_embeds))
-  _assert_close("CLIPModel text last_hidden_state", out.text_model_output.last_hidden_state,
-                text_out.last_hidden_state)
-  _assert_close("CLIPModel vision last_hidden_state", out.vision_model_output.last_hidden_state,
-                image_out.last_hidden_state)
+  parity.assert_abs_close("CLIPModel text_embeds", out.text_embeds, unit(text_out.text_embeds), **TOL)
+  parity.assert_abs_close("CLIPModel image_embeds", out.image_embeds, unit(image_out.image_embeds), **TOL)
+  parity.assert_abs_close("CLIPModel text last_hidden_state", out.text_model_output.last_hidden_state,
+                          text_out.last_hidden_state, **TOL)
+  parity.assert_abs_close("CLIPModel vision last_hidden_state", out.vision_model_output.last_hidden_state,
+                          image_out.last_hidden_state, **TOL)
 
 
 def test_sd15_style_text_encoder_without_projection(tmp_path):
@@ -198,8 +193,8 @@ def test_sd15_style_text_encoder_without_projection(tmp_path):
   assert not module.with_projection and "text_projection" not in params
   ids, mask = _text_inputs(cfg, 3, [5, 9, 7])
   ref, out = _run_torch_text(model, ids, mask), clip.encode_text(module, params, ids, mask)
-  _assert_close("bare CLIPTextModel last_hidden_state", ref.last_hidden_state, out.last_hidden_state)
-  _assert_close("bare CLIPTextModel pooled", ref.pooler_output, out.pooler_output)
+  parity.assert_abs_close("bare CLIPTextModel last_hidden_state", ref.last_hidden_state, out.last_hidden_state, **TOL)
+  parity.assert_abs_close("bare CLIPTextModel pooled", ref.pooler_output, out.pooler_output, **TOL)
   assert out.text_embeds is None
   with pytest.raises(ConversionError, match=r"not filled from .*model.safetensors.*\n  text_projection/kernel"):
     clip.load_clip_text(tmp_path, with_projection=True)
@@ -262,8 +257,8 @@ def test_load_from_gcs(fake_gcs):
   _saved(os.path.join(fake_gcs, "bucket", "clip"), model)
   module, params = clip.load_clip_vision("gs://bucket/clip", remat=True)  # remat: same numbers
   pixels = _pixels(cfg, 1)
-  _assert_close("gs:// image_embeds", _run_torch_vision(model, pixels).image_embeds,
-                clip.encode_images(module, params, pixels).image_embeds)
+  parity.assert_abs_close("gs:// image_embeds", _run_torch_vision(model, pixels).image_embeds,
+                          clip.encode_images(module, params, pixels).image_embeds, **TOL)
   clip.save_clip_vision("gs://bucket/copy", module.config, params)
   assert sorted(os.listdir(os.path.join(fake_gcs, "bucket", "copy"))) == ["config.json", "model.safetensors"]
 
@@ -350,7 +345,7 @@ def test_logical_axes_and_sharded_forward_match(tmp_path):
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     out = clip.encode_text(module, sharded, ids, mask)
   ref = clip.encode_text(module, params, ids, mask)
-  _assert_close("sharded text_embeds", ref.text_embeds, out.text_embeds)
+  parity.assert_abs_close("sharded text_embeds", ref.text_embeds, out.text_embeds, **TOL)
 
 
 def test_bf16_compute_stays_close(tmp_path):

@@ -14,6 +14,7 @@ from brainjax.config import ConfigError
 from brainjax.diffusion import noise as noise_lib
 from brainjax.diffusion import sampling, schedules
 from brainjax.diffusion.schedules import NoiseSchedule
+from tests import parity
 
 SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
@@ -50,10 +51,6 @@ def fake_denoise(x, t, cond):
   """fake_model_np in jnp, plus a per-sample shift from the condition (cond [B, D])."""
   shift = 0.0 if cond is None else cond.mean(axis=-1).reshape((-1,) + (1,) * (x.ndim - 1))
   return jnp.tanh(0.7 * x + 0.3 * t / 1000.0 - 0.1 + shift)
-
-
-def _close(a, b, rtol=1e-5, atol=1e-6):
-  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
 
 
 def _row(plan, i):
@@ -104,9 +101,9 @@ def test_zero_terminal_snr_betas_match_diffusers(beta_schedule):
 def test_zero_terminal_snr_noises_the_last_step_completely():
   schedule = NoiseSchedule.create(**SD_BETAS, prediction_type="v_prediction", rescale_betas_zero_snr=True)
   x0, noise = _normal(0, (2, 3, 4, 4, 4)), _normal(1, (2, 3, 4, 4, 4))
-  _close(schedules.add_noise(schedule, x0, noise, 999), noise)
+  parity.assert_close(schedules.add_noise(schedule, x0, noise, 999), noise, rtol=1e-5, atol=1e-6)
   # v at T - 1 is -x0: the model must produce the clean latents from noise and the condition alone
-  _close(schedules.velocity(schedule, x0, noise, 999), -x0)
+  parity.assert_close(schedules.velocity(schedule, x0, noise, 999), -x0, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
@@ -135,11 +132,13 @@ def test_forward_process_matches_diffusers():
   noise = rng.standard_normal(x0.shape).astype(np.float32)
   t = np.array([0, 517, 999])
   tx, tn, tt = torch.from_numpy(x0), torch.from_numpy(noise), torch.from_numpy(t)
-  _close(schedules.add_noise(schedule, x0, noise, t), ref.add_noise(tx, tn, tt).numpy(), rtol=1e-6)
-  _close(schedules.velocity(schedule, x0, noise, t), ref.get_velocity(tx, tn, tt).numpy(), rtol=1e-6)
+  parity.assert_close(schedules.add_noise(schedule, x0, noise, t), ref.add_noise(tx, tn, tt).numpy(), rtol=1e-6,
+                      atol=1e-6)
+  parity.assert_close(schedules.velocity(schedule, x0, noise, t), ref.get_velocity(tx, tn, tt).numpy(), rtol=1e-6,
+                      atol=1e-6)
   # a scalar t applies to the whole batch
-  _close(schedules.add_noise(schedule, x0, noise, 517),
-         ref.add_noise(tx, tn, torch.full((3,), 517)).numpy(), rtol=1e-6)
+  parity.assert_close(schedules.add_noise(schedule, x0, noise, 517),
+                      ref.add_noise(tx, tn, torch.full((3,), 517)).numpy(), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
@@ -149,8 +148,8 @@ def test_targets_and_conversions_are_consistent(prediction_type):
   t = jnp.array([3, 250, 600, 980])
   xt = schedules.add_noise(schedule, x0, noise, t)
   target = schedules.training_target(schedule, x0, noise, t)
-  _close(schedules.pred_x0(schedule, target, xt, t), x0, rtol=1e-4, atol=2e-4)
-  _close(schedules.pred_eps(schedule, target, xt, t), noise, rtol=1e-4, atol=2e-4)
+  parity.assert_close(schedules.pred_x0(schedule, target, xt, t), x0, rtol=1e-4, atol=2e-4)
+  parity.assert_close(schedules.pred_eps(schedule, target, xt, t), noise, rtol=1e-4, atol=2e-4)
 
 
 def test_diffusion_loss_with_pluggable_noise():
@@ -172,7 +171,7 @@ def test_diffusion_loss_with_pluggable_noise():
 
   exact, zero, expected = losses(jax.random.key(2), jnp.arange(8, dtype=jnp.int32) * 120)
   assert float(exact) == 0.0
-  _close(zero, expected, rtol=1e-6)
+  parity.assert_close(zero, expected, rtol=1e-6, atol=1e-6)
   with pytest.raises(ValueError, match="predict_fn returned shape"):
     schedules.diffusion_loss(schedule, lambda x, t, c: x[:, 0], x0, None, jax.random.key(0))
 
@@ -199,10 +198,11 @@ def test_min_snr_loss_matches_diffusers_training_script(prediction_type):
     weights = weights / (snr + 1)
   per_sample = torch.nn.functional.mse_loss(torch.from_numpy(np.array(prediction)), target, reduction="none")
   expected = (per_sample.mean(dim=list(range(1, per_sample.ndim))) * weights).mean()
-  _close(loss, expected.numpy(), rtol=1e-5)
+  parity.assert_close(loss, expected.numpy(), rtol=1e-5, atol=1e-6)
   # gamma 0 is the plain loss; a negative gamma is an error
   plain = schedules.diffusion_loss(schedule, lambda x, tt, c: prediction, x0, None, rng, t=t)
-  _close(plain, torch.nn.functional.mse_loss(torch.from_numpy(np.array(prediction)), target).numpy(), rtol=1e-6)
+  parity.assert_close(plain, torch.nn.functional.mse_loss(torch.from_numpy(np.array(prediction)), target).numpy(),
+                      rtol=1e-6, atol=1e-6)
   with pytest.raises(ValueError, match="snr_gamma"):
     schedules.diffusion_loss(schedule, lambda x, tt, c: prediction, x0, None, rng, t=t, snr_gamma=-1.0)
 
@@ -254,8 +254,8 @@ def _ddim_trajectory(schedule, ref, num_steps, eta):
     x, x0 = ddim_step(schedule, jnp.asarray(fake_model_np(np.asarray(x), t)), x, _row(plan, i), eta=eta,
                       noise=jnp.asarray(noise) if eta > 0 else None)
     x_ref = out.prev_sample
-    _close(x, x_ref.numpy())
-    _close(x0, out.pred_original_sample.numpy(), rtol=1e-5, atol=1e-5)
+    parity.assert_close(x, x_ref.numpy(), rtol=1e-5, atol=1e-6)
+    parity.assert_close(x0, out.pred_original_sample.numpy(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5])
@@ -320,7 +320,7 @@ def test_dpm_solver_matches_diffusers_step_by_step(prediction_type, zero_snr, nu
     x_ref = ref.step(torch.from_numpy(fake_model_np(x_ref.numpy(), t)), t, x_ref).prev_sample
     x, prev_x0 = dpm_solver_step(schedule, jnp.asarray(fake_model_np(np.asarray(x), t)), x, prev_x0,
                                  _row(plan, i))
-    _close(x, x_ref.numpy())
+    parity.assert_close(x, x_ref.numpy(), rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- samplers
@@ -353,10 +353,11 @@ def test_scan_sampler_equals_loop_of_steps_and_jits(sampler, eta):
   rng = jax.random.key(9)
   expected = _loop(schedule, x, cond, sampler, 12, eta, rng)
   eager = sampling.sample(fake_denoise, schedule, x, cond, sampler=sampler, num_steps=12, eta=eta, rng=rng)
-  _close(eager, expected)
+  parity.assert_close(eager, expected, rtol=1e-5, atol=1e-6)
   jitted = jax.jit(lambda s, z, c, r: sampling.sample(fake_denoise, s, z, c, sampler=sampler, num_steps=12, eta=eta,
                                                       rng=r))
-  _close(jitted(schedule, x, cond, rng), expected)  # the schedule itself is a (traced) jit argument
+  # the schedule itself is a (traced) jit argument
+  parity.assert_close(jitted(schedule, x, cond, rng), expected, rtol=1e-5, atol=1e-6)
 
 
 def _recording(calls):
@@ -379,9 +380,9 @@ def test_guidance_one_call_over_doubled_batch():
   jax.effects_barrier()
   assert calls["shapes"] == [((6, 4, 4, 2), (6, 6))] and calls["t"] == [500]
   n, p = fake_denoise(x, t, neg), fake_denoise(x, t, pos)
-  _close(out, n + 7.5 * (p - n), rtol=1e-6)
+  parity.assert_close(out, n + 7.5 * (p - n), rtol=1e-6, atol=1e-6)
   # negative == positive gives the unguided prediction at any scale
-  _close(sampling.classifier_free_guidance(fake_denoise, 12.5, pos)(x, t, pos), p, rtol=1e-6)
+  parity.assert_close(sampling.classifier_free_guidance(fake_denoise, 12.5, pos)(x, t, pos), p, rtol=1e-6, atol=1e-6)
   # guidance scale 1 / None: one unguided call per step over the plain batch
   for scale in (None, 1.0):
     calls = {"shapes": [], "t": []}
@@ -391,7 +392,7 @@ def test_guidance_one_call_over_doubled_batch():
   # a guided sampler equals the unguided sampler on the guided prediction
   guided_run = sampling.sample(fake_denoise, schedule, x, pos, num_steps=4, guidance_scale=3.0, negative_cond=neg)
   manual = sampling.sample(sampling.classifier_free_guidance(fake_denoise, 3.0, neg), schedule, x, pos, num_steps=4)
-  _close(guided_run, manual, rtol=1e-6)
+  parity.assert_close(guided_run, manual, rtol=1e-6, atol=1e-6)
 
 
 def test_adversarial_negative_broadcast():
@@ -435,7 +436,8 @@ def test_video_to_video(sampler):
   assert same is latents and not calls["shapes"]
 
   full = sampling.video_to_video(fake_denoise, schedule, latents, cond, 1.0, **kw)
-  _close(full, sampling.sample(fake_denoise, schedule, noise, cond, sampler=sampler, num_steps=20), rtol=1e-6)
+  parity.assert_close(full, sampling.sample(fake_denoise, schedule, noise, cond, sampler=sampler, num_steps=20),
+                      rtol=1e-6, atol=1e-6)
 
   calls = {"shapes": [], "t": []}
   out = sampling.video_to_video(_recording(calls), schedule, latents, cond, 0.8, **kw)
@@ -447,13 +449,14 @@ def test_video_to_video(sampler):
   start = sampling.video_to_video_start(20, 0.8)
   expected = _loop(schedule, schedules.add_noise(schedule, latents, noise, int(timesteps[start])), cond, sampler, 20,
                    start=start)
-  _close(out, expected)
+  parity.assert_close(out, expected, rtol=1e-5, atol=1e-6)
   # a drawn noise: noise_fn with the first half of rng.split
   rng = jax.random.key(15)
   drawn = sampling.video_to_video(fake_denoise, schedule, latents, cond, 1.0, rng, sampler=sampler, num_steps=20,
                                   noise_fn=noise_lib.dependent_noise_fn(0.25))
   noise2 = noise_lib.dependent_noise(jax.random.split(rng)[0], latents.shape, 0.25)
-  _close(drawn, sampling.sample(fake_denoise, schedule, noise2, cond, sampler=sampler, num_steps=20), rtol=1e-6)
+  parity.assert_close(drawn, sampling.sample(fake_denoise, schedule, noise2, cond, sampler=sampler, num_steps=20),
+                      rtol=1e-6, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- validation

@@ -16,8 +16,9 @@ from diffusers import UNet2DConditionModel as TorchUNet
 from diffusers.utils import logging as diffusers_logging
 from safetensors.numpy import load_file, save_file
 
-from brainjax.convert import CheckpointError, ConversionError
+from brainjax.weights import CheckpointError, ConversionError
 from brainjax.models import unet
+from tests import parity
 
 diffusers_logging.set_verbosity_error()
 
@@ -78,18 +79,6 @@ def _inputs(shape, context_dim, seed=0):
   return sample, context
 
 
-def _rel_err(ref, got) -> float:
-  ref = np.asarray(ref, np.float64)
-  return float(np.abs(ref - np.asarray(got, np.float64)).max() / np.abs(ref).max())
-
-
-def _assert_close(name, ref, got, bound=MAX_REL_ERR):
-  err = _rel_err(ref, got)
-  print(f"  {name}: max rel err {err:.2e}")
-  assert np.asarray(got).shape == np.asarray(ref).shape, (name, np.asarray(got).shape, np.asarray(ref).shape)
-  assert err <= bound, f"{name}: max relative error {err} > {bound}"
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _apply(module, params, sample, timesteps, context):
   return module.apply({"params": params}, sample, timesteps, context)
@@ -112,7 +101,8 @@ def test_parity_with_diffusers(tmp_path, name, cfg, shape):
   sample, context = _inputs(shape, cfg["cross_attention_dim"])
   t = np.array([3, 500, 999][:shape[0]], np.int64)  # one timestep per sample
   print(f"\nunet {name}:")
-  _assert_close("forward, per-sample t", _torch_out(model, sample, t, context), _apply(module, params, sample, t, context))
+  parity.assert_rel_close("forward, per-sample t", _torch_out(model, sample, t, context),
+                          _apply(module, params, sample, t, context), MAX_REL_ERR)
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +125,10 @@ def test_scalar_timesteps_broadcast_over_the_batch(small):
 
   as_int, as_float, as_vector = run(params)
   print("\nscalar timesteps:")
-  _assert_close("scalar int t=981 vs diffusers", _torch_out(model, sample, 981, context), as_int)
-  _assert_close("scalar float t=17.5 vs diffusers", _torch_out(model, sample, 17.5, context), as_float)
+  parity.assert_rel_close("scalar int t=981 vs diffusers", _torch_out(model, sample, 981, context), as_int,
+                          MAX_REL_ERR)
+  parity.assert_rel_close("scalar float t=17.5 vs diffusers", _torch_out(model, sample, 17.5, context), as_float,
+                          MAX_REL_ERR)
   np.testing.assert_array_equal(as_int, as_vector)
 
 
@@ -197,7 +189,8 @@ def test_export_of_flax_initialised_params_matches_in_diffusers(tmp_path, small)
   assert not any(info.values()), info
   t = np.array([10, 700], np.int64)
   print("\nexport from flax init:")
-  _assert_close("forward", _torch_out(model.eval(), sample, t, context), _apply(module, params, sample, t, context))
+  parity.assert_rel_close("forward", _torch_out(model.eval(), sample, t, context),
+                          _apply(module, params, sample, t, context), MAX_REL_ERR)
 
 
 def test_load_from_gcs_pipeline_directory(fake_gcs, small):
@@ -330,8 +323,8 @@ def test_extension_point_swaps_self_attention_and_adds_layers(small):
   assert shapes["mid_block"]["attentions_0"]["transformer_blocks_0"]["attn_temp"]["kernel"].shape == (64, 3)
   merged = _merge(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), params)
   t = np.array([10, 700], np.int64)
-  _assert_close("swapped attn1 + extra layer", _apply(module, params, sample, t, context),
-                _apply(video, merged, sample, t, context), 1e-5)
+  parity.assert_rel_close("swapped attn1 + extra layer", _apply(module, params, sample, t, context),
+                          _apply(video, merged, sample, t, context), 1e-5)
 
 
 def _merge(new, old):
@@ -345,7 +338,7 @@ def test_remat_and_bf16(small):
   t = np.array([10, 700], np.int64)
   ref = _apply(module, params, sample, t, context)
   remat = unet.UNet2DConditionModel(module.config, remat=True)
-  _assert_close("remat forward", ref, _apply(remat, params, sample, t, context), 1e-6)
+  parity.assert_rel_close("remat forward", ref, _apply(remat, params, sample, t, context), 1e-6)
   module16 = unet.UNet2DConditionModel(module.config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
   out = _apply(module16, jax.tree.map(lambda p: p.astype(jnp.bfloat16), params), sample, t, context)
   assert out.dtype == jnp.bfloat16
@@ -353,7 +346,7 @@ def test_remat_and_bf16(small):
   with torch.no_grad():
     torch16 = _nhwc(copy.deepcopy(model).to(torch.bfloat16)(_nchw(sample).to(torch.bfloat16), torch.from_numpy(t),
                                                             torch.from_numpy(context).to(torch.bfloat16)).sample.float())
-  err, torch_err = _rel_err(ref, np.asarray(out, np.float32)), _rel_err(ref, torch16)
+  err, torch_err = parity.rel_err(ref, np.asarray(out, np.float32)), parity.rel_err(ref, torch16)
   print(f"\n  bf16 forward: max rel err {err:.2e} (diffusers in bf16: {torch_err:.2e})")
   assert err < 2 * torch_err
 
@@ -372,7 +365,7 @@ def test_query_chunked_attention_equals_full_attention_forward_and_backward(leng
 
   ref, chunked = value_and_grads(0), value_and_grads(chunk)
   for name, a, b in zip(("loss", "dq", "dk", "dv"), jax.tree.leaves(ref), jax.tree.leaves(chunked)):
-    _assert_close(name, a, b, 1e-5)
+    parity.assert_rel_close(name, a, b, 1e-5)
   with pytest.raises(ValueError, match="query_chunk = -1: give a positive number"):
     unet.multi_head_attention(q, k, v, 4, query_chunk=-1)
 
@@ -404,9 +397,9 @@ def test_query_chunk_option_reaches_every_spatial_attention(small):
     return jnp.sum(m.apply({"params": p}, sample, t, context) ** 2)
 
   ref, got = (jax.jit(jax.value_and_grad(functools.partial(loss, m)))(params) for m in (module, chunked))
-  _assert_close("loss", ref[0], got[0], 1e-5)
+  parity.assert_rel_close("loss", ref[0], got[0], 1e-5)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ref[1]), jax.tree.leaves(got[1])):
-    _assert_close(jax.tree_util.keystr(path), a, b, 1e-4)
+    parity.assert_rel_close(jax.tree_util.keystr(path), a, b, 1e-4)
   # The option is live: the chunked program has a loop (lax.map) the plain one has not.
   jaxpr = str(jax.make_jaxpr(functools.partial(loss, chunked))(params))
   assert "scan" in jaxpr and "scan" not in str(jax.make_jaxpr(functools.partial(loss, module))(params))

@@ -18,6 +18,7 @@ from diffusers.utils import logging as diffusers_logging
 from safetensors.numpy import load_file
 
 from brainjax.models import unet, unet3d
+from tests import parity
 
 diffusers_logging.set_verbosity_error()
 
@@ -79,18 +80,6 @@ def _inputs(shape, context_dim, seed=0):
   return sample, context
 
 
-def _rel_err(ref, got) -> float:
-  ref = np.asarray(ref, np.float64)
-  return float(np.abs(ref - np.asarray(got, np.float64)).max() / np.abs(ref).max())
-
-
-def _assert_close(name, ref, got, bound=MAX_REL_ERR):
-  err = _rel_err(ref, got)
-  print(f"  {name}: max rel err {err:.2e}")
-  assert np.asarray(got).shape == np.asarray(ref).shape, (name, np.asarray(got).shape, np.asarray(ref).shape)
-  assert err <= bound, f"{name}: max relative error {err} > {bound}"
-
-
 # XLA's cheapest backend optimisation level: compiling each tiny UNet is most of this file's run time, and running
 # it is milliseconds either way.
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -129,7 +118,8 @@ def test_parity_with_diffusers(tmp_path, name, cfg, shape, t):
   assert module.config.block_out_channels == cfg["block_out_channels"]
   sample, context = _inputs(shape, cfg["cross_attention_dim"])
   print(f"\nunet3d {name}:")
-  _assert_close("forward", _torch_out(model, sample, t, context), _apply(module, params, sample, t, context))
+  parity.assert_rel_close("forward", _torch_out(model, sample, t, context), _apply(module, params, sample, t, context),
+                          MAX_REL_ERR)
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +170,8 @@ def test_export_of_flax_params_runs_the_same_in_diffusers(tmp_path, small):
   public = lambda c: {k: list(v) if isinstance(v, tuple) else v for k, v in dict(c).items() if not k.startswith("_")}
   assert public(reloaded.config) == public(model.config)
   print("\nexport from flax params:")
-  _assert_close("forward", _torch_out(reloaded.eval(), sample, t, context), _apply(module, params, sample, t, context))
+  parity.assert_rel_close("forward", _torch_out(reloaded.eval(), sample, t, context),
+                          _apply(module, params, sample, t, context), MAX_REL_ERR)
 
 
 def test_load_from_gcs_pipeline_directory(fake_gcs, small):

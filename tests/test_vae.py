@@ -17,9 +17,10 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils import logging as diffusers_logging
 from safetensors.numpy import load_file, save_file
 
-from brainjax.convert import CheckpointError, ConversionError
+from brainjax.weights import CheckpointError, ConversionError
 from brainjax.models import vae
 from brainjax.train import sharding as shd
+from tests import parity
 
 diffusers_logging.set_verbosity_error()
 
@@ -68,18 +69,6 @@ def _images(shape, seed=0) -> np.ndarray:
   return np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
 
 
-def _rel_err(ref, got) -> float:
-  ref = np.asarray(ref, np.float64)
-  return float(np.abs(ref - np.asarray(got, np.float64)).max() / np.abs(ref).max())
-
-
-def _assert_close(name, ref, got, bound=MAX_REL_ERR):
-  err = _rel_err(ref, got)
-  print(f"  {name}: max rel err {err:.2e}")
-  assert np.asarray(got).shape == np.asarray(ref).shape, (name, np.asarray(got).shape, np.asarray(ref).shape)
-  assert err <= bound, f"{name}: max relative error {err} > {bound}"
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _apply_all(module, params, x, z):
   """encoder (mean, logvar), decoder(z), forward(x): one compiled call per config."""
@@ -111,7 +100,7 @@ def test_parity_with_diffusers(tmp_path, name, cfg, shape):
   refs, outs = _torch_all(model, x, z), _apply_all(module, params, x, z)
   print(f"\nvae {name}:")
   for what, ref, out in zip(("encoder mean", "encoder logvar", "decoder", "forward"), refs, outs):
-    _assert_close(what, ref, out)
+    parity.assert_rel_close(what, ref, out, MAX_REL_ERR)
 
 
 def test_posterior_matches_diagonal_gaussian_distribution():
@@ -183,7 +172,7 @@ def test_export_of_flax_initialised_params_matches_in_diffusers(tmp_path):
   print("\nexport from flax init:")
   for what, ref, out in zip(("mean", "logvar", "decoder", "forward"), _torch_all(model.eval(), x, z),
                             _apply_all(module, params, x, z)):
-    _assert_close(what, ref, out)
+    parity.assert_rel_close(what, ref, out, MAX_REL_ERR)
 
 
 def test_deprecated_attention_names_are_read(tmp_path):
@@ -217,7 +206,7 @@ def test_load_from_gcs_pipeline_directory_and_save_there(fake_gcs):
   x = _images(shape, seed=5)
   with torch.no_grad():
     ref = _nhwc(model(_nchw(x)).sample)
-  _assert_close("gs:// remat forward", ref, jax.jit(module.apply)({"params": params}, x))
+  parity.assert_rel_close("gs:// remat forward", ref, jax.jit(module.apply)({"params": params}, x), MAX_REL_ERR)
   vae.save_vae("gs://bucket/copy", module.config, params)
   assert sorted(os.listdir(os.path.join(fake_gcs, "bucket", "copy"))) == [
       "config.json", "diffusion_pytorch_model.safetensors"]
@@ -247,16 +236,17 @@ def test_scaling_applied_once_each_way(shifted_vae):
     posterior = model.encode(_nchw(x)).latent_dist
     mean, logvar = _nhwc(posterior.mean), _nhwc(posterior.logvar)
   latents = vae.encode_latents(module, params, images)  # uint8 in: mapped to [-1, 1]
-  _assert_close("uint8 latents = (mean - shift) * scale", (mean - 0.25) * 0.5, latents)
+  parity.assert_rel_close("uint8 latents = (mean - shift) * scale", (mean - 0.25) * 0.5, latents, MAX_REL_ERR)
   np.testing.assert_allclose(vae.encode_latents(module, params, x), latents, rtol=1e-5, atol=1e-6)
   with torch.no_grad():
     ref = _nhwc(model.decode(_nchw(np.asarray(latents) / 0.5 + 0.25)).sample)
-  _assert_close("decode_latents = decode(latents / scale + shift)", ref, vae.decode_latents(module, params, latents))
+  parity.assert_rel_close("decode_latents = decode(latents / scale + shift)", ref,
+                          vae.decode_latents(module, params, latents), MAX_REL_ERR)
   # Sampling: mean + std * eps, then the same scaling.
   sampled = vae.encode_latents(module, params, x, jax.random.key(1), sample=True)
   eps = np.asarray(jax.random.normal(jax.random.key(1), mean.shape))
-  _assert_close("sampled = (mean + std * eps - shift) * scale", (mean + np.exp(0.5 * logvar) * eps - 0.25) * 0.5,
-                sampled)
+  parity.assert_rel_close("sampled = (mean + std * eps - shift) * scale",
+                          (mean + np.exp(0.5 * logvar) * eps - 0.25) * 0.5, sampled, MAX_REL_ERR)
   with pytest.raises(ValueError, match=r"sample=True .* needs an rng"):
     vae.encode_latents(module, params, x, sample=True)
   assert vae.to_uint8(jnp.asarray([-1.5, -1.0, 0.0, 0.999, 2.0])).tolist() == [0, 0, 128, 255, 255]
@@ -270,20 +260,22 @@ def test_video_helpers_equal_per_frame_application_and_chunking(shifted_vae):
   latents = vae.encode_video(module, params, video)
   assert latents.shape == (b, t, 8, 8, 4)
   # Equal up to float rounding: XLA's CPU convolution sums in a different order for other batch sizes.
-  _assert_close("encode_video vs per frame", per_frame, latents, 1e-5)
+  parity.assert_rel_close("encode_video vs per frame", per_frame, latents, 1e-5)
   # chunk_size=2: two chunks of 2 frames through lax.map, then the last frame in its own call.
-  _assert_close("encode_video chunk_size=2", latents, vae.encode_video(module, params, video, chunk_size=2), 1e-5)
+  parity.assert_rel_close("encode_video chunk_size=2", latents, vae.encode_video(module, params, video, chunk_size=2),
+                          1e-5)
   decoded = vae.decode_video(module, params, latents)
   assert decoded.shape == video.shape
   per_frame = np.stack([np.asarray(vae.decode_latents(module, params, latents[:, i])) for i in range(t)], axis=1)
-  _assert_close("decode_video vs per frame", per_frame, decoded, 1e-5)
-  _assert_close("decode_video chunk_size=2", decoded, vae.decode_video(module, params, latents, chunk_size=2), 1e-5)
+  parity.assert_rel_close("decode_video vs per frame", per_frame, decoded, 1e-5)
+  parity.assert_rel_close("decode_video chunk_size=2", decoded,
+                          vae.decode_video(module, params, latents, chunk_size=2), 1e-5)
   # Sampling draws the noise once for the whole video: chunking leaves it unchanged.
   rng = jax.random.key(9)
   sampled = vae.encode_video(module, params, video, rng, sample=True)
   assert not np.allclose(sampled, latents)
-  _assert_close("sampled chunk_size=2", sampled, vae.encode_video(module, params, video, rng, sample=True,
-                                                                  chunk_size=2), 1e-5)
+  parity.assert_rel_close("sampled chunk_size=2", sampled, vae.encode_video(module, params, video, rng, sample=True,
+                                                                            chunk_size=2), 1e-5)
 
 
 # ------------------------------------------------------------------------------ errors
@@ -378,7 +370,7 @@ def test_logical_axes_and_sharded_encode_match(shifted_vae):
   video = np.random.default_rng(3).uniform(-1, 1, (4, 2, 16, 16, 3)).astype(np.float32)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     out = vae.encode_video(module, sharded, video, chunk_size=1)
-  _assert_close("sharded encode_video", vae.encode_video(module, params, video), out, 1e-5)
+  parity.assert_rel_close("sharded encode_video", vae.encode_video(module, params, video), out, 1e-5)
 
 
 def test_bf16_compute_stays_close(shifted_vae):
@@ -392,6 +384,6 @@ def test_bf16_compute_stays_close(shifted_vae):
   with torch.no_grad():
     ref = _nhwc(model(_nchw(x)).sample)
     torch16 = _nhwc(copy.deepcopy(model).to(torch.bfloat16)(_nchw(x).to(torch.bfloat16)).sample.float())
-  err, torch_err = _rel_err(ref, np.asarray(out, np.float32)), _rel_err(ref, torch16)
+  err, torch_err = parity.rel_err(ref, np.asarray(out, np.float32)), parity.rel_err(ref, torch16)
   print(f"\n  bf16 forward: max rel err {err:.2e} (diffusers in bf16: {torch_err:.2e})")
   assert err < 2 * torch_err
