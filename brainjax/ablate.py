@@ -25,7 +25,7 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from brainjax import runner, stages
+from brainjax import runner
 from brainjax.stages import evaluate
 
 
@@ -93,29 +93,6 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
   return config
 
 
-# Inputs a stage reads without naming them in its config as "stage:<name>[/...]" paths.
-IMPLICIT_INPUTS = {"align": ("clip_embed",)}
-
-
-def stage_inputs(config: ml_collections.ConfigDict, name: str) -> set[str]:
-  """The stages whose outputs stage `name` reads: every "stage:<other>" path in config.<name>, plus
-  IMPLICIT_INPUTS."""
-  found = set(IMPLICIT_INPUTS.get(name, ()))
-
-  def walk(value) -> None:
-    if isinstance(value, str) and stages.stage_source(value):
-      found.add(stages.stage_source(value)[0])
-    elif isinstance(value, dict):
-      for v in value.values():
-        walk(v)
-    elif isinstance(value, (list, tuple)):
-      for v in value:
-        walk(v)
-
-  walk(config[name].to_dict() if name in config else {})
-  return found
-
-
 def link_shared_stages(base: ml_collections.ConfigDict, variant: ml_collections.ConfigDict,
                        base_dir: epath.Path, variant_dir: epath.Path) -> list[str]:
   """Links every finished base stage whose settings equal the variant's and whose inputs are all linked
@@ -129,7 +106,7 @@ def link_shared_stages(base: ml_collections.ConfigDict, variant: ml_collections.
       continue
     if not (base_dir / name / "DONE.json").exists():
       continue
-    if not stage_inputs(variant, name) <= set(linked):
+    if not set(runner.stage_inputs(variant, name)) <= set(linked):
       continue
     target = variant_dir / name
     if not target.exists():
@@ -156,7 +133,11 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str,
   return table
 
 
-BASELINES = ("chance", *evaluate.BASELINES)  # evaluate's baselines: `<metric>_<baseline>` next to `<metric>`
+def _baselines() -> tuple[str, ...]:
+  """evaluate's baselines (`<metric>_<baseline>` next to `<metric>`), registered pipelines included."""
+  return ("chance", *evaluate.known_baselines())
+
+
 _BOOKKEEPING = ("samples", "s_per_sample", "wall_time_s", "steps")
 
 
@@ -164,9 +145,10 @@ def markdown_table(table: dict[str, dict]) -> str:
   """One row per run, one column per metric; a metric's cell also shows its std and baselines when the
   summary has them ("0.76 ± 0.03 (chance 0.75, shuffled 0.81)"). ablation.json keeps every number."""
   numeric = {k for row in table.values() for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+  baselines = _baselines()
 
   def auxiliary(key: str) -> bool:
-    base = next((key[:-len(suffix)] for suffix in ("_std", *(f"_{b}" for b in BASELINES)) if key.endswith(suffix)),
+    base = next((key[:-len(suffix)] for suffix in ("_std", *(f"_{b}" for b in baselines)) if key.endswith(suffix)),
                 None)
     return key in _BOOKKEEPING or (base is not None and base in numeric)
 
@@ -177,7 +159,7 @@ def markdown_table(table: dict[str, dict]) -> str:
     if metric not in row:
       return ""
     text = fmt(row[metric]) + (f" ± {row[metric + '_std']:.2g}" if metric + "_std" in row else "")
-    extras = [f"{b.replace('_', '-')} {fmt(row[f'{metric}_{b}'])}" for b in BASELINES if f"{metric}_{b}" in row]
+    extras = [f"{b.replace('_', '-')} {fmt(row[f'{metric}_{b}'])}" for b in baselines if f"{metric}_{b}" in row]
     return text + (f" ({', '.join(extras)})" if extras else "")
 
   lines = ["| variant | overrides | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]

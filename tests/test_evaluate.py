@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 from etils import epath
 
-from brainjax import generation, runner
+from brainjax import runner
 from brainjax.config import ConfigError
 from brainjax.eval import metrics as mt
 from brainjax.models import videomae, vit
+from brainjax.pipelines import generation
 from brainjax.stages import StageContext, evaluate
 from brainjax.train import sharding as shd
-from tests.test_video_stages import tiny_video_config
+from tests.helpers import tiny_video_config
 
 pytestmark = pytest.mark.slow
 
@@ -104,6 +105,71 @@ def _other_workdir(root: epath.Path, name: str) -> epath.Path:
   return workdir
 
 
+def test_an_imported_mindvideo_encoder_feeds_cotrain_and_evaluate(tmp_path, video_run):
+  """A MindVideo fmri_encoder/ folder, imported with the converter, is the same artifact kind align writes:
+  cotrain starts from it and evaluate reads cotrain's, with no step in between."""
+  from brainjax.convert import mbm as convert
+  from brainjax.models import fmri_encoder
+  from tests import torch_reference as ref
+  trained_config, trained_dir, _ = video_run
+  trained, _, _ = fmri_encoder.load(trained_dir / "align")
+  mindvideo = dict(num_voxels=trained.encoder.num_voxels, patch_size=trained.encoder.patch_size, embed_dim=16,
+                   in_chans=1, depth=1, num_heads=2, mlp_ratio=1.0, out_channel=trained.head.out_tokens,
+                   out_dim=trained.head.out_dim, use_norm=False, dropout=0.0, window_size=trained.encoder.window,
+                   use_temp_attn=True, logit_scale_init_value=1.0, _class_name="fMRIEncoder")
+  ref.write_mindvideo_encoder_folder(tmp_path / "fmri_encoder", mindvideo,
+                                     ref.randomize_(ref.FmriEncoderTorch(**mindvideo), seed=3))
+  imported = convert.import_mindvideo_fmri_encoder(tmp_path / "fmri_encoder", tmp_path / "imported")
+  config = with_evaluate(trained_config)
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  linked = ("clip_embed", "vae_fit", "unet_fit", "video_finetune")
+  for stage in linked:
+    os.symlink(trained_dir / stage, workdir / stage)
+  with config.unlocked():  # the linked stages are done: only cotrain and evaluate run
+    config.stages = (*linked, "cotrain", "evaluate")
+    config.cotrain.update(encoder_from=str(imported), num_steps=2, checkpoint_every_steps=2)
+    config.cotrain.readout_fit.alpha = 0.0  # MindVideo's head has no caption readout
+    config.cotrain.sample.count = 0
+    config.evaluate.update(max_samples=2, baselines=())
+  summaries = runner.run(config, str(workdir))
+  assert summaries["cotrain"]["steps"] == 2 and summaries["evaluate"]["samples"] == 2
+  encoder, params, meta = fmri_encoder.load(workdir / "cotrain")
+  assert meta["kind"] == "fmri_encoder" and meta["trained_by"] == "cotrain"
+  assert meta["converted_from"] == str(tmp_path / "fmri_encoder") and encoder.encoder.embed_dim == 16
+  assert "to_clip" not in params
+  # cotrain recorded the runs it started from: the encoder is a plain path, the rest are stages.
+  assert json.loads((workdir / "cotrain" / "inputs.json").read_text()) == {
+      s: runner.run_id(trained_dir / s) for s in ("clip_embed", "video_finetune")}
+
+
+def test_a_registered_pipeline_is_scored_and_reported_with_no_code_in_evaluate(finished, monkeypatch):
+  from brainjax import pipelines
+  from tests import toy_pipeline
+  monkeypatch.setitem(pipelines.REGISTRY, "toy", "tests.toy_pipeline")
+  config, root, _ = finished
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.evaluate.update(baselines=("shuffled", "toy"), max_samples=2)
+  workdir = _other_workdir(root, "toy")
+  summary = runner.run(config, str(workdir))["evaluate"]
+  assert {"ssim_toy", "psnr_toy", "image_2way_toy", "video_5way_toy", "ssim_shuffled"} <= set(summary)
+  metrics = json.loads((workdir / "evaluate" / "metrics.json").read_text())
+  assert metrics["pipelines"] == {"fmri": "reconstruction", "toy": toy_pipeline.LABEL}
+  assert set(metrics["ssim"]["baselines"]) == {"shuffled", "toy"}
+  shard = _shard(workdir)
+  assert shard["toy_video"].shape == shard["video"].shape and shard["toy_video"].dtype == np.uint8
+  # Zero latents decode to one clip for every window, which the scores must reflect.
+  np.testing.assert_array_equal(shard["toy_video"][0], shard["toy_video"][1])
+  np.testing.assert_allclose(shard["toy_ssim"], mt.frame_scores(mt.ssim, shard["toy_video"], shard["real"]),
+                             atol=1e-5)
+  assert toy_pipeline.LABEL in (workdir / "evaluate" / "report.html").read_text()
+  with config.unlocked():
+    config.evaluate.baselines = ("shuffled", "unknown")
+  with pytest.raises(ConfigError, match=r"config.evaluate.baselines = .*'unknown'.*choose distinct entries of .*'toy'"):
+    runner.validate(config)
+
+
 def test_writes_metrics_report_and_gifs(finished):
   config, root, summaries = finished
   summary = summaries["evaluate"]
@@ -160,15 +226,28 @@ def test_same_numbers_on_one_device_and_rerun_skips(finished):
   config, root, summaries = finished
   reference = _shard(root / "run")
   # The same batch_per_device on a 1-device mesh: every device computes the same shapes, and the
-  # per-sample seeds make the layout irrelevant, so the results are bitwise equal.
+  # per-sample seeds make the layout irrelevant, so the same windows get the same clips. Not always
+  # bitwise: XLA's CPU kernels for a 1- and an 8-device program may round differently, and on an AMD EPYC
+  # host (jax 0.10.2, 2026-12-08) 5 of 73,728 uint8 values of the videos differ by 1, before and after
+  # evaluate's move to pipelines alike. So: the same windows, videos within 1 at under 0.1 % of the values,
+  # and the scores and the summary to rounding (an N-way trial decided by a tie may flip: 0.02).
   workdir = _other_workdir(root, "one_device")
   mesh = shd.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
   summary = evaluate.run(StageContext(name="evaluate", config=config, workdir=workdir, mesh=mesh))
   other = _shard(workdir)
-  for key in ("window", "video", "mean_fmri_video", "ssim", "psnr", "image_probs", "video_probs_gt"):
-    np.testing.assert_array_equal(other[key], reference[key], err_msg=key)
-  assert {k: v for k, v in summary.items() if k != "s_per_sample"} == {
-      k: v for k, v in summaries["evaluate"].items() if k not in ("s_per_sample", "wall_time_s")}
+  np.testing.assert_array_equal(other["window"], reference["window"])
+  for key in ("video", "mean_fmri_video"):
+    diff = np.abs(other[key].astype(np.int16) - reference[key].astype(np.int16))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (key, int(diff.max()), float((diff > 0).mean()))
+  for key in ("ssim", "psnr"):
+    np.testing.assert_allclose(other[key], reference[key], rtol=1e-3, atol=1e-4, err_msg=key)
+  for key in ("image_probs", "video_probs_gt"):  # the tiny classifiers' 30x logits amplify a pixel's change
+    np.testing.assert_allclose(other[key], reference[key], rtol=1e-3, atol=1e-3, err_msg=key)
+  expected = {k: v for k, v in summaries["evaluate"].items() if k not in ("s_per_sample", "wall_time_s")}
+  got = {k: v for k, v in summary.items() if k != "s_per_sample"}
+  assert set(got) == set(expected)
+  for k, v in expected.items():
+    assert got[k] == pytest.approx(v, rel=1e-3, abs=0.02 if "way" in k else 1e-3), k
   # a re-run is skipped
   again = runner.run(config, str(root / "run"))["evaluate"]
   assert again == summaries["evaluate"]
@@ -183,7 +262,7 @@ def test_caption_and_ridge_baselines_are_the_text_to_video_unet_on_captions_and_
   from brainjax.models import video_unet as vu
   from brainjax.data import pipeline
   from brainjax import ridge
-  from brainjax.stages import video_finetune
+  from brainjax.features import clip_cache
   config, root, _ = finished
   config = copy.deepcopy(config)
   with config.unlocked():
@@ -197,7 +276,7 @@ def test_caption_and_ridge_baselines_are_the_text_to_video_unet_on_captions_and_
   # the reference: the text-to-video UNet sampled directly on the captions, the stage's seeds
   stage = evaluate.settings(config)
   module, params = vu.load_video_unet(workdir / "video_finetune" / "unet")
-  hidden, uncond = video_finetune.load_caption_condition(workdir / "clip_embed", "test")
+  hidden, uncond = clip_cache.load_caption_condition(workdir / "clip_embed", "test")
   vae_module, vae_params = vae.load_vae(workdir / "vae_fit" / "vae")
   schedule = diffusion.NoiseSchedule.create(**stage.schedule.to_dict())
   sampler = generation.make_sampler(module, schedule, stage.sample)
@@ -205,7 +284,7 @@ def test_caption_and_ridge_baselines_are_the_text_to_video_unet_on_captions_and_
   keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(0), r))(jnp.asarray(record))
   # the ridge map, fitted directly: training windows -> their captions' hidden states
   train = pipeline.make_source(config.data, "train")
-  train_hidden = video_finetune.load_caption_condition(workdir / "clip_embed", "train")[0]
+  train_hidden = clip_cache.load_caption_condition(workdir / "clip_embed", "train")[0]
   fitted = ridge.fit_ridge(np.stack([train[i]["fmri"] for i in range(len(train))]),
                            train_hidden[[int(train[i]["record"]) for i in range(len(train))]], 100.0)
   test = pipeline.make_source(config.data, "test")

@@ -81,21 +81,28 @@ import numpy as np
 from absl import logging
 
 from brainjax import config as cfg
-from brainjax import diffusion, generation, media, ridge
-from brainjax.data import pipeline
+from brainjax import diffusion, media
+from brainjax.data import pipeline, stimuli
 from brainjax.eval import metrics as mt
 from brainjax.eval import motion
 from brainjax.eval import report as report_lib
 from brainjax.models import vae, videomae, vit
-from brainjax.models import video_unet as vu
-from brainjax.stages import StageContext, common, cotrain, resolve_path, video_finetune
+from brainjax import pipelines
+from brainjax.pipelines import generation
+from brainjax.stages import StageContext, common, resolve_path
 from brainjax.train import sharding as shd
 
 CONFIG_KEYS = ("seed", "data")
-BASELINES = ("shuffled", "mean_fmri", "caption", "ridge")
+# Artifact kinds: what its path fields read and what it writes (checked before anything runs).
+INPUTS = {"encoder_from": ("fmri_encoder",), "unet_from": ("video_unet",), "vae_path": ("vae",),
+          "image_classifier_path": ("image_classifier",), "video_classifier_path": ("video_classifier",),
+          "caption_unet_from": ("video_unet",), "text_cache": ("clip_cache",)}
+OUTPUTS = {}
+# Baselines computed from the reconstructions alone; every other baseline names a reconstruction pipeline
+# (brainjax.pipelines.base.REGISTRY) whose clips are stored under a `<name>_` prefix and scored the same way.
+METRIC_BASELINES = ("shuffled",)
 DEFAULT_BASELINES = ("shuffled", "mean_fmri")
-# Baselines that generate clips of their own (stored under a `<name>_` prefix), with their report panel.
-GENERATED_BASELINES = {"mean_fmri": "mean-fMRI baseline", "caption": "true caption", "ridge": "ridge from fMRI"}
+DEFAULT_PIPELINE = "fmri"
 SPLITS = ("train", "test")
 PATH_FIELDS = ("encoder_from", "unet_from", "vae_path", "image_classifier_path", "video_classifier_path")
 # field -> the sentinel meaning "config.cotrain's"
@@ -104,8 +111,9 @@ INHERITED = {"num_frames": 0, "resolution": -1, "dependent_noise_beta": -1.0, "a
 
 def stage_config(**overrides) -> ml_collections.ConfigDict:
   stage = ml_collections.ConfigDict(dict(
+      pipeline=DEFAULT_PIPELINE,  # how a window becomes a video (brainjax.pipelines); "fmri": encoder -> UNet
       encoder_from="stage:cotrain", unet_from="stage:cotrain/unet",
-      vae_path="",                # "" = cotrain's (cotrain.vae_path: video_finetune's)
+      vae_path="",                # "" = cotrain's (its own "" = video_finetune's)
       num_frames=0,               # 0 = config.cotrain.num_frames
       resolution=-1,              # -1 = config.cotrain.resolution (0: the frames' own size)
       dependent_noise_beta=-1.0,  # -1 = config.cotrain.dependent_noise_beta (NeuralFlix: 0.25)
@@ -150,7 +158,7 @@ def settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                             "config.cotrain; set the noise schedule the UNet was trained with.")
     stage.schedule = source.schedule.to_dict()
   if not stage.vae_path and source is not None:
-    stage.vae_path = cotrain.vae_path(config)
+    stage.vae_path = source.vae_path or (config.video_finetune.vae_path if "video_finetune" in config else "")
   return stage
 
 
@@ -159,6 +167,8 @@ def fingerprint(config: ml_collections.ConfigDict, name: str) -> dict:
   num_frames changes what evaluate generates)."""
   out = common.effective_data_fingerprint(config, name)
   out[name] = settings(config).to_dict()
+  if out[name].get("pipeline") == DEFAULT_PIPELINE:  # the field is newer than some workdirs: its default is theirs
+    del out[name]["pipeline"]
   return out
 
 
@@ -202,24 +212,30 @@ def validate(config: ml_collections.ConfigDict, name: str) -> None:
     raise cfg.ConfigError(f"config.evaluate.sample.num_steps = {sample.num_steps} exceeds the schedule's "
                           f"{schedule.num_train_timesteps} training timesteps.")
   _validate_n_way(stage)
-  unknown = [b for b in stage.baselines if b not in BASELINES]
+  known = known_baselines(stage.pipeline)
+  unknown = [b for b in stage.baselines if b not in known]
   if unknown or len(set(stage.baselines)) != len(stage.baselines):
     raise cfg.ConfigError(f"config.evaluate.baselines = {tuple(stage.baselines)!r}: choose distinct entries of "
-                          f"{BASELINES} (chance is always reported).")
+                          f"{known} (chance is always reported).")
+  if stage.pipeline not in pipelines.REGISTRY:
+    raise cfg.ConfigError(f"config.evaluate.pipeline = {stage.pipeline!r}: choose one of {sorted(pipelines.REGISTRY)} "
+                          "(a registered reconstruction pipeline, brainjax.pipelines.base.REGISTRY).")
+  for name in [stage.pipeline, *(b for b in stage.baselines if b not in METRIC_BASELINES)]:
+    module = pipelines.get_pipeline(name)
+    if hasattr(module, "validate"):
+      module.validate(stage, name)
   cfg.require_positive_int(resolved, f"{where}.report.clips_per_subject", allow_zero=True)
   if not isinstance(stage.object_motion, bool):
     raise cfg.ConfigError(f"config.evaluate.object_motion = {stage.object_motion!r}: must be True (track the "
                           "synthetic benchmark's object and score its motion) or False.")
-  for name in ("caption", "ridge"):
-    if name not in stage.baselines:
-      continue
+  if {"caption", "ridge"} & set(stage.baselines):
     for field in ("caption_unet_from", "text_cache"):
-      if not stage[field]:
-        raise cfg.ConfigError(f"config.evaluate.{field} is empty but config.evaluate.baselines has {name!r}; "
-                              "point it at video_finetune's UNet / clip_embed's cache or drop the baseline.")
       common.validate_stage_path(config, where, field, stage[field], allow_finished=True)
-  if "ridge" in stage.baselines:
-    cfg.require_positive(resolved, f"{where}.ridge_alpha")
+
+
+def known_baselines(main: str = DEFAULT_PIPELINE) -> tuple[str, ...]:
+  """What config.evaluate.baselines may name: the metric-only ones and every other registered pipeline."""
+  return (*METRIC_BASELINES, *(name for name in pipelines.REGISTRY if name != main))
 
 
 def _validate_n_way(stage: ml_collections.ConfigDict) -> None:
@@ -333,7 +349,7 @@ def _processor(directory, kind: str) -> dict:
 def run(ctx: StageContext) -> dict:
   stage = settings(ctx.config)
   start = time.time()
-  local = _generate_and_score(ctx, stage)
+  local, labels = _generate_and_score(ctx, stage)
   generation_s = time.time() - start
   shard_dir = ctx.stage_dir / "shards"
   shard_dir.mkdir(parents=True, exist_ok=True)
@@ -352,81 +368,49 @@ def run(ctx: StageContext) -> dict:
                        "s_per_sample": round(generation_s / max(1, results["samples"]), 3),
                        "devices": int(ctx.mesh.size), "processes": jax.process_count()}
   results["config"] = stage.to_dict()
+  results["pipelines"] = labels
   (ctx.stage_dir / "metrics.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=float))
-  write_report(ctx, stage, merged, results)
+  write_report(ctx, stage, merged, results, labels)
   return flat_summary(results)
 
 
-def _generate_and_score(ctx: StageContext, stage: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """Generates and scores this process's slice of the windows; per-sample results (valid rows only)."""
-  encoder, encoder_params, meta = cotrain.load_encoder(resolve_path(ctx, stage.encoder_from))
-  unet, unet_params = vu.load_video_unet(resolve_path(ctx, stage.unet_from),
-                                         attention_query_chunk=stage.attention_query_chunk)
+def _generate_and_score(ctx: StageContext, stage: ml_collections.ConfigDict) -> tuple[dict[str, np.ndarray],
+                                                                                      dict[str, str]]:
+  """Generates and scores this process's slice of the windows with every configured reconstruction:
+  (per-sample results, valid rows only; {pipeline name: report label})."""
+  for field in PATH_FIELDS:  # every input's stage finished, checked in this order before anything loads
+    if stage[field]:
+      resolve_path(ctx, stage[field])
   vae_module, vae_params = vae.load_vae(resolve_path(ctx, stage.vae_path))
-  if unet.config.context_dim != encoder.head.out_dim:
-    raise cfg.ConfigError(f"the fMRI encoder from {stage.encoder_from} makes a {encoder.head.out_dim}-wide condition "
-                          f"but the UNet from {stage.unet_from} cross-attends to {unet.config.context_dim}; point "
-                          "both at the same cotrain run.")
   data = common.stage_data_config(ctx.config, ctx.name)
   source = pipeline.make_source(data, stage.split)
-  if source.num_voxels != meta["num_voxels"] or data.window != meta["window"]:
-    raise cfg.ConfigError(f"the {stage.split} fMRI windows are {data.window} x {source.num_voxels} but the encoder "
-                          f"from {stage.encoder_from} takes {meta['window']} x {meta['num_voxels']}; set "
-                          "config.evaluate.data_overrides as the encoder's stages read the data.")
   picks = list(range(len(source))) if not stage.max_samples else generation.spread_records(source, stage.max_samples)
-  means = mean_fmri_by_subject(source)
-  per_subject = bool(encoder.encoder.num_subjects)
-
-  image = _load_image_classifier(ctx, stage.image_classifier_path) if stage.image_classifier_path else None
-  video = (_load_video_classifier(ctx, stage.video_classifier_path, stage.num_frames)
-           if stage.video_classifier_path else None)
-
   first = source[picks[0]]["frames"]
   factor = vae_module.config.downsampling_factor
   height, width = (stage.resolution, stage.resolution) if stage.resolution else first.shape[1:3]
   if height % factor or width % factor:
     raise cfg.ConfigError(f"frames of {height} x {width} are not divisible by the VAE's downsampling factor "
                           f"{factor}; set config.evaluate.resolution (or config.cotrain.resolution) to a multiple.")
-  latent_shape = (stage.num_frames, height // factor, width // factor, vae_module.config.latent_channels)
+  shared = pipelines.Shared(
+      settings=stage, config=ctx.config, data=data, resolve=lambda path: resolve_path(ctx, path), vae=vae_module,
+      vae_params=vae_params, schedule=diffusion.NoiseSchedule.create(**stage.schedule.to_dict()),
+      latent_shape=(stage.num_frames, height // factor, width // factor, vae_module.config.latent_channels),
+      fmri_shape=(data.window, source.num_voxels))
+  names = [stage.pipeline] + [b for b in stage.baselines if b not in METRIC_BASELINES]
+  recons = [pipelines.get_pipeline(name).build(shared, name) for name in names]
+  means = mean_fmri_by_subject(source)
+
+  image = _load_image_classifier(ctx, stage.image_classifier_path) if stage.image_classifier_path else None
+  video = (_load_video_classifier(ctx, stage.video_classifier_path, stage.num_frames)
+           if stage.video_classifier_path else None)
 
   rules = shd.rules_from_config(ctx.config.logical_axis_rules)
   batch = shd.batch_sharding(ctx.mesh, rules)
   replicated = shd.replicated(ctx.mesh)
   divisor = shd.batch_divisor(dict(ctx.mesh.shape), rules)
   global_batch = stage.batch_per_device * divisor
-  params = jax.device_put({"encoder": encoder_params, "unet": unet_params, "vae": vae_params}, replicated)
+  params = jax.device_put(_shared_params(recons), replicated)
   cls_params = jax.device_put({"image": image[1] if image else {}, "video": video[1] if video else {}}, replicated)
-
-  schedule = diffusion.NoiseSchedule.create(**stage.schedule.to_dict())
-  sampler = generation.make_sampler(unet, schedule, stage.sample, float(stage.dependent_noise_beta))
-  seed = int(stage.sample.seed)
-  caption = (_load_caption_baseline(ctx, stage, encoder.head.out_dim)
-             if {"caption", "ridge"} & set(stage.baselines) else None)
-  ridge_map = _fit_ridge_baseline(stage, data, caption["train_hidden"]) if "ridge" in stage.baselines else None
-  if caption:
-    params["caption_unet"] = jax.device_put(caption["params"], replicated)
-    caption_sampler = generation.make_sampler(caption["module"], schedule, stage.sample,
-                                              float(stage.dependent_noise_beta))
-
-  def sample_keys(record):
-    # Per-sample seeds: the stimulus TR's, so every window starts from the same noise in any layout.
-    return jax.vmap(lambda r: jax.random.fold_in(jax.random.key(seed), r))(record)
-
-  def encode(p, fmri, subject):
-    return encoder.apply({"params": p}, fmri, deterministic=True,
-                         subject=subject if per_subject else None)["condition"]
-
-  def generate(p, fmri, negative_fmri, subject, record, guided):
-    cond = encode(p["encoder"], fmri, subject)
-    negative = encode(p["encoder"], negative_fmri, subject) if guided else None
-    latents = sampler(p["unet"], cond, negative, sample_keys(record), shape=(fmri.shape[0],) + latent_shape)
-    return vae.to_uint8(vae.decode_video(vae_module, p["vae"], latents))
-
-  def generate_from_caption(p, hidden, record):
-    negative = jnp.broadcast_to(caption["uncond"], hidden.shape) if stage.sample.adversarial else None
-    latents = caption_sampler(p["caption_unet"], hidden, negative, sample_keys(record),
-                              shape=(hidden.shape[0],) + latent_shape)
-    return vae.to_uint8(vae.decode_video(vae_module, p["vae"], latents))
 
   def classify(p, videos):
     out = {}
@@ -443,14 +427,7 @@ def _generate_and_score(ctx: StageContext, stage: ml_collections.ConfigDict) -> 
   def pair_scores(recon, real):
     return {"ssim": mt.ssim(recon, real), "psnr": mt.psnr(recon, real)}
 
-  gen_args = (replicated, batch, batch, batch, batch)
-  # Guidance with negative == condition is the unguided prediction, so the mean-fMRI baseline runs
-  # unguided (half the UNet calls) and gives what guided sampling of that condition gives.
-  generate_guided = jax.jit(lambda *a: generate(*a, guided=stage.sample.adversarial), in_shardings=gen_args,
-                            out_shardings=batch)
-  generate_plain = jax.jit(lambda *a: generate(*a, guided=False), in_shardings=gen_args, out_shardings=batch)
-  generate_from_caption = jax.jit(generate_from_caption, in_shardings=(replicated, batch, batch),
-                                  out_shardings=batch)
+  reconstruct = [jax.jit(r.reconstruct, in_shardings=(replicated, batch), out_shardings=batch) for r in recons]
   classify = jax.jit(classify, in_shardings=(replicated, batch), out_shardings=batch)
   pair_scores = jax.jit(pair_scores, in_shardings=(batch, batch), out_shardings=batch)
   to_global = lambda x: jax.make_array_from_process_local_data(batch, np.asarray(x))
@@ -458,40 +435,30 @@ def _generate_and_score(ctx: StageContext, stage: ml_collections.ConfigDict) -> 
   steps, per_process = process_slices(len(picks), global_batch, jax.process_count())
   padded = picks + [-1] * (steps * global_batch - len(picks))
   mine = padded[jax.process_index() * steps * per_process:(jax.process_index() + 1) * steps * per_process]
-  baseline = "mean_fmri" in stage.baselines
-
-  def score_baseline(out, name, clips, real_global):
-    out[f"{name}_video"] = _local_rows(clips)
-    out.update({f"{name}_{k}": v for k, v in _fetch(pair_scores(clips, real_global)).items()})
-    out.update({f"{name}_{k}": v for k, v in _fetch(classify(cls_params, clips)).items()})
   rows: dict[str, list] = {}
   bar = _progress(steps, len(picks), global_batch, ctx.mesh.size)
   for step in range(steps):
     windows = mine[step * per_process:(step + 1) * per_process]
     exs = [source[w if w >= 0 else picks[0]] for w in windows]  # padding: a copy of a real window, dropped
     subject = np.array([e["subject"] for e in exs], np.int32)
-    record = np.array([e["record"] for e in exs], np.int32)
-    fmri = np.stack([e["fmri"] for e in exs])
-    mean = np.stack([means[int(s)] for s in subject])
-    generated = generate_guided(params, to_global(fmri), to_global(mean), to_global(subject), to_global(record))
-    recon = _local_rows(generated)
-    real = generation.match_size(
-        video_finetune.clip_frames(np.stack([e["frames"] for e in exs]), stage.num_frames, "the test stimuli"), recon)
-    real_global = to_global(real)
-    out = {"window": np.array(windows, np.int64), "record": record, "subject": subject,
-           "caption": np.array([e["caption"] for e in exs]), "video": recon, "real": real}
-    out.update(_fetch(pair_scores(generated, real_global)))
-    out.update(_fetch(classify(cls_params, generated)))
-    out.update({f"{k}_gt": v for k, v in _fetch(classify(cls_params, real_global)).items()})
-    if baseline:
-      plain = generate_plain(params, to_global(mean), to_global(mean), to_global(subject), to_global(record))
-      score_baseline(out, "mean_fmri", plain, real_global)
-    if "caption" in stage.baselines:
-      hidden = caption["hidden"][record]
-      score_baseline(out, "caption", generate_from_caption(params, to_global(hidden), to_global(record)), real_global)
-    if ridge_map is not None:
-      hidden = ridge_map.predict(fmri).reshape((len(fmri),) + caption["hidden"].shape[1:]).astype(np.float32)
-      score_baseline(out, "ridge", generate_from_caption(params, to_global(hidden), to_global(record)), real_global)
+    inputs = {"fmri": np.stack([e["fmri"] for e in exs]), "subject": subject,
+              "mean_fmri": np.stack([means[int(s)] for s in subject]),
+              "record": np.array([e["record"] for e in exs], np.int32)}
+    real = None
+    out = {"window": np.array(windows, np.int64), "record": inputs["record"], "subject": subject,
+           "caption": np.array([e["caption"] for e in exs])}
+    for i, (recon, fn) in enumerate(zip(recons, reconstruct)):
+      generated = fn(params, {k: to_global(v) for k, v in recon.host_inputs(inputs).items()})
+      if real is None:  # the ground truth, at the reconstructions' size
+        real = generation.match_size(stimuli.clip_frames(np.stack([e["frames"] for e in exs]), stage.num_frames,
+                                                         "the test stimuli"), _local_rows(generated))
+        real_global = to_global(real)
+        out["real"] = real
+        out.update({f"{k}_gt": v for k, v in _fetch(classify(cls_params, real_global)).items()})
+      prefix = "" if i == 0 else f"{recon.name}_"
+      out[f"{prefix}video"] = _local_rows(generated)
+      out.update({f"{prefix}{k}": v for k, v in _fetch(pair_scores(generated, real_global)).items()})
+      out.update({f"{prefix}{k}": v for k, v in _fetch(classify(cls_params, generated)).items()})
     for k, v in out.items():
       rows.setdefault(k, []).append(v)
     if bar is not None:
@@ -501,33 +468,22 @@ def _generate_and_score(ctx: StageContext, stage: ml_collections.ConfigDict) -> 
   local = {k: np.concatenate(v) for k, v in rows.items()}
   valid = local["window"] >= 0
   local = {k: v[valid] for k, v in local.items()}
-  local["fps"] = np.float64(video_finetune.dataset_fps(data))
+  local["fps"] = np.float64(stimuli.dataset_fps(data))
   local["num_classes_image"] = np.int64(image[0].config.num_labels if image else 0)
   local["num_classes_video"] = np.int64(video[0].config.num_labels if video else 0)
-  return local
+  return local, {r.name: r.label for r in recons}
 
 
-def _load_caption_baseline(ctx: StageContext, stage: ml_collections.ConfigDict, context_dim: int) -> dict:
-  """The "caption" baseline's text-to-video UNet, the split's caption hidden states and the empty caption's."""
-  module, params = vu.load_video_unet(resolve_path(ctx, stage.caption_unet_from),
-                                      attention_query_chunk=stage.attention_query_chunk)
-  hidden, uncond = video_finetune.load_caption_condition(resolve_path(ctx, stage.text_cache), stage.split)
-  if module.config.context_dim != hidden.shape[-1] or hidden.shape[-1] != context_dim:
-    raise cfg.ConfigError(f"the caption baseline's UNet ({stage.caption_unet_from}) cross-attends to "
-                          f"{module.config.context_dim}, the captions of {stage.text_cache} are {hidden.shape[-1]} "
-                          f"wide and the fMRI condition {context_dim}; point caption_unet_from and text_cache at the "
-                          "video_finetune and clip_embed stages of this run.")
-  train_hidden = (video_finetune.load_caption_condition(resolve_path(ctx, stage.text_cache), "train")[0]
-                  if "ridge" in stage.baselines else None)
-  return {"module": module, "params": params, "hidden": hidden, "uncond": uncond, "train_hidden": train_hidden}
-
-
-def _fit_ridge_baseline(stage: ml_collections.ConfigDict, data: ml_collections.ConfigDict,
-                        train_hidden: np.ndarray) -> ridge.RidgeMap:
-  """The "ridge" baseline's map: every training fMRI window (the evaluated data settings) -> its stimulus
-  TR's caption hidden states."""
-  fmri, _, captions = cotrain.caption_windows(pipeline.make_source(data, "train"), train_hidden)
-  return ridge.fit_ridge(fmri, captions, float(stage.ridge_alpha))
+def _shared_params(recons) -> dict:
+  """Every reconstruction's params in one tree; a name two of them use must be the same loaded artifact."""
+  merged: dict = {}
+  for r in recons:
+    for key, tree in r.params.items():
+      if key in merged and merged[key] is not tree:
+        raise ValueError(f"pipelines {sorted(x.name for x in recons)} name different parameters {key!r}; give "
+                         "each artifact its own name (brainjax.pipelines.base.Shared.load shares one).")
+      merged[key] = tree
+  return merged
 
 
 def _fetch(tree: dict) -> dict[str, np.ndarray]:
@@ -616,7 +572,7 @@ def compute_metrics(merged: dict[str, np.ndarray], stage: ml_collections.ConfigD
   partner = shuffled_partner(merged["record"], seed) if "shuffled" in stage.baselines else None
   if "shuffled" in stage.baselines and partner is None:
     notes.append("shuffled-pairs baseline skipped: it needs at least 2 distinct test clips.")
-  generated = [b for b in GENERATED_BASELINES if f"{b}_video" in merged]
+  generated = generated_baselines(merged, stage)
   out: dict[str, Any] = {"samples": num, "baselines": ["chance"] + list(stage.baselines), "notes": notes}
 
   for name, metric in (("ssim", mt.ssim), ("psnr", mt.psnr)):
@@ -735,11 +691,16 @@ def report_picks(merged: dict[str, np.ndarray], per_subject: int) -> list[int]:
   return picks
 
 
+def generated_baselines(merged: dict[str, np.ndarray], stage: ml_collections.ConfigDict) -> list[str]:
+  """The baselines with clips of their own in `merged`, in config order."""
+  return [b for b in stage.baselines if b not in METRIC_BASELINES and f"{b}_video" in merged]
+
+
 def write_report(ctx: StageContext, stage: ml_collections.ConfigDict, merged: dict[str, np.ndarray],
-                 results: dict[str, Any]) -> None:
-  """gifs/ and report.html (process 0)."""
+                 results: dict[str, Any], labels: dict[str, str]) -> None:
+  """gifs/ and report.html (process 0); `labels`: each pipeline's panel title."""
   fps = float(merged["fps"])
-  generated = [b for b in GENERATED_BASELINES if f"{b}_video" in merged]
+  generated = generated_baselines(merged, stage)
   clips = []
   for i in report_picks(merged, int(stage.report.clips_per_subject)):
     panels = [merged["real"][i], merged["video"][i]] + [merged[f"{b}_video"][i] for b in generated]
@@ -748,7 +709,7 @@ def write_report(ctx: StageContext, stage: ml_collections.ConfigDict, merged: di
     clips.append({"gif": name, "subject": int(merged["subject"][i]), "record": int(merged["record"][i]),
                   "caption": str(merged["caption"][i]), "ssim": float(merged["ssim"][i].mean()),
                   "psnr": float(merged["psnr"][i].mean())})
-  panels = ("ground truth", "reconstruction") + tuple(GENERATED_BASELINES[b] for b in generated)
+  panels = ("ground truth", labels[stage.pipeline]) + tuple(labels[b] for b in generated)
   report_lib.write_report(ctx.stage_dir / "report.html", results, clips,
                           {"evaluate": stage.to_dict(), "recipe": json.loads(ctx.config.to_json_best_effort())},
                           panels=panels, title=f"brainjax evaluation: {ctx.workdir}")
