@@ -1,8 +1,8 @@
 """Interrupting a stage and re-running resumes it to the same parameters.
 
 A run is stopped two ways: SIGTERM (what a TPU VM preemption sends; the loop
-checkpoints at the next step and exits 143) and SIGKILL (no warning; the run
-resumes from the last periodic checkpoint). Either way the re-run must end
+checkpoints at the next step and exits 143; SIGINT, Ctrl-C, does the same) and
+SIGKILL (no warning; the run resumes from the last periodic checkpoint). Either way the re-run must end
 with the same parameters as an uninterrupted run, which needs the data
 iterator's position to be restored together with the model.
 """
@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 from etils import epath
 
-from brainjax import runner
-from brainjax.stages import common
+from brainjax import artifacts, runner
 from tests import helpers
 
 pytestmark = pytest.mark.slow
@@ -32,7 +31,7 @@ def data_dir(tmp_path_factory):
 
 
 def _final_params(workdir):
-  params, _ = common.load_params(epath.Path(workdir) / "mbm_pretrain")
+  params, _ = artifacts.load_params(epath.Path(workdir) / "mbm_pretrain")
   return jax.tree.leaves(params)
 
 
@@ -59,7 +58,7 @@ def reference(data_dir, tmp_path_factory):
   return _final_params(ref_dir)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_interrupted_run_resumes_to_same_parameters(tmp_path, data_dir, reference, sig):
   num_steps = NUM_STEPS
 
@@ -69,9 +68,9 @@ def test_interrupted_run_resumes_to_same_parameters(tmp_path, data_dir, referenc
   _wait_for_checkpoint(workdir, proc)
   proc.send_signal(sig)
   out = proc.communicate(timeout=240)[0].decode()
-  if sig == signal.SIGTERM:
+  if sig != signal.SIGKILL:
     assert proc.returncode == 143, out[-3000:]
-    assert "re-run the same command to resume" in out
+    assert f"after {signal.Signals(sig).name}; the checkpoint is saved, re-run the same command to resume" in out
   else:
     assert proc.returncode == -signal.SIGKILL
   assert not (epath.Path(workdir) / "mbm_pretrain" / "DONE.json").exists()
@@ -81,7 +80,7 @@ def test_interrupted_run_resumes_to_same_parameters(tmp_path, data_dir, referenc
 
   # The resumed run may log and checkpoint on another cadence (e.g. after a move to preemptible machines):
   # that is not a change of settings, and the parameters still match.
-  cadence = [] if sig == signal.SIGTERM else ["--config.mbm_pretrain.checkpoint_every_steps=7",
+  cadence = [] if sig != signal.SIGKILL else ["--config.mbm_pretrain.checkpoint_every_steps=7",
                                                "--config.mbm_pretrain.log_every_steps=3",
                                                "--config.mbm_pretrain.keep_checkpoints=1"]
   proc = _launch(recipe, workdir, *cadence)
@@ -90,6 +89,11 @@ def test_interrupted_run_resumes_to_same_parameters(tmp_path, data_dir, referenc
   assert "resuming from" in out
   summary = json.loads((epath.Path(workdir) / "mbm_pretrain" / "DONE.json").read_text())
   assert summary["steps"] == num_steps
+  # wall_time_s covers both invocations (timing.json keeps each one's)
+  record = json.loads((epath.Path(workdir) / "mbm_pretrain" / "timing.json").read_text())["invocations"]
+  assert [e["status"] for e in record] == ["killed" if sig == signal.SIGKILL else "preempted", "done"]
+  assert summary["invocations"] == 2 and all(t > 0 for t in summary["invocation_wall_times_s"])
+  assert summary["wall_time_s"] == pytest.approx(sum(e["wall_time_s"] for e in record), abs=0.2)
   for a, b in zip(_final_params(workdir), reference):
     np.testing.assert_array_equal(a, b)
 
