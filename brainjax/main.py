@@ -5,21 +5,31 @@ r"""brainjax entry point.
       --config.align.batch_size=512
 
 Runs `config.stages` in order. Any config field can be overridden with
-`--config.<path>=<value>`.
+`--config.<path>=<value>`. `--help` lists the recipes, their presets and their
+main fields; `--config=configs/<recipe>.py:<preset> --help` prints every field
+of that recipe with its value.
+
+A bad config (a misspelt field, a missing recipe file or preset, a missing
+weight or dataset, a value out of range) prints one `error:` line naming the
+field and the fix, and exits with status 2.
 """
 
 from __future__ import annotations
 
-
+import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from brainjax import runner
+from brainjax import cli, preflight, runner
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/mindvideo.py:demo.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None,
+    "Recipe file and preset, e.g. configs/mindvideo.py:demo (no preset: 'paper'). Recipes in "
+    f"{cli.recipe_dir()}/: {', '.join(p.name for p in cli.recipe_files()) or 'none found'}; --help lists their "
+    "presets and fields. Override any field with --config.<field>=<value>.",
+    lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: a local path or gs:// URI.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "jax_distributed", False,
@@ -46,13 +56,24 @@ def main(argv) -> int:
   runner.quiet_library_logs()
   if _DISTRIBUTED.value:
     _initialize_distributed()
+  config = _CONFIG.value
+  recipe, _, preset = (cli.recipe_argument(sys.argv) or "").partition(":")
+  others = [p for p in cli.presets(recipe) if p != config.get("preset")] if recipe and not preset else []
+  logging.info("recipe %s, preset %r%s", recipe, config.get("preset"),
+               f" (the default; the others: {', '.join(others)}, e.g. --config={recipe}:{others[0]})"
+               if others else "")
   try:
-    runner.run(_CONFIG.value, _WORKDIR.value)
+    runner.run(config, _WORKDIR.value)
   except runner.Preempted as e:
     logging.warning("%s", e)
     return 143  # 128 + SIGTERM: the scheduler sees an unfinished job
+  except Exception as e:  # noqa: BLE001 (only ConfigErrors are caught: everything else is re-raised)
+    error = cli.config_error(e)
+    if error is None:
+      raise
+    cli.fail(error.for_recipe(recipe) if isinstance(error, preflight.MissingInputs) else str(error))
   return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
