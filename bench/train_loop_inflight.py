@@ -33,11 +33,9 @@ import argparse
 import functools
 import os
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
@@ -54,36 +52,9 @@ from brainjax.train import loop  # noqa: E402
 from brainjax.train.checkpoint import Checkpointer  # noqa: E402
 from brainjax.train.metric_writer import NullWriter  # noqa: E402
 from brainjax.train.state import TrainState  # noqa: E402
+from tests import helpers  # noqa: E402
 
 KS = (None, 1, 2)
-
-
-class SignalAtDeviceStep:
-  """Wraps a train step; sends SIGTERM (from a thread) once step `trigger - 1`'s outputs are ready."""
-
-  def __init__(self, train_step, trigger: int, first_step: int = 0):
-    self.trigger, self.outputs, self.sent = trigger, {}, threading.Event()
-    self._train_step, self._count, self._stop = train_step, first_step, False
-    self._thread = threading.Thread(target=self._watch, daemon=True)
-    self._thread.start()
-
-  def __call__(self, state, batch):
-    state, metrics = self._train_step(state, batch)
-    self._count += 1
-    self.outputs[self._count] = metrics["loss"]
-    return state, metrics
-
-  def _watch(self):
-    while not self._stop:
-      out = self.outputs.get(self.trigger - 1)
-      if out is not None and out.is_ready():
-        self.sent.set()
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
-      time.sleep(0.0002)
-
-  def close(self):
-    self._stop = True
 
 
 def matmul_step(n_matmuls: int = 20, size: int = 256):
@@ -132,7 +103,7 @@ def steps_late(tmp, reps=5, trigger=12):
     late = []
     for _ in range(reps):
       _, stopped = run(step, make_state, batches(), trigger + 120, k, f"{tmp}/late",
-                       wrap=lambda s: SignalAtDeviceStep(s, trigger))
+                       wrap=lambda s: helpers.SignalAtDeviceStep(s, trigger))
       late.append(stopped - trigger)
     print(f"  max_inflight_steps={k}: {late}")
 
@@ -154,7 +125,6 @@ def throughput(tmp, rounds=5, num_steps=200):
 def mbm(tmp, rounds=3, num_steps=60):
   from brainjax import runner
   from brainjax.stages import common
-  from tests import helpers
   jax.config.update("jax_default_matmul_precision", "highest")
   original = common.run_train_loop
   data_dir = f"{tmp}/data"

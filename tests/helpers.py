@@ -177,3 +177,42 @@ def tiny_multidataset_config(data_dir: str, *, steps: int = 6, clip_dir: str | N
     config.align.update(modalities=("text",), temperature=0.9, learn_temperature=False)
     config.align.retrieval_candidates = 10
   return config
+
+
+class SignalAtDeviceStep:
+  """Wraps a train step; a thread sends SIGTERM once step `at - 1`'s outputs are ready (the device starts
+  step `at`; polling `is_ready()` does not synchronise the host) and records in `device_step` the step the
+  device was on then (tests/test_train_robustness.py, bench/train_loop_inflight.py). `first_step`: the
+  step the wrapped loop starts from."""
+
+  def __init__(self, train_step, at: int, first_step: int = 0):
+    import threading
+    self.at, self.outputs, self.device_step, self.sent = at, {}, None, threading.Event()
+    self._train_step, self._count, self._done = train_step, first_step, False
+    self._thread = threading.Thread(target=self._watch, daemon=True)
+    self._thread.start()
+
+  def __call__(self, state, batch):
+    state, metrics = self._train_step(state, batch)
+    self._count += 1
+    self.outputs[self._count] = metrics["loss"]
+    return state, metrics
+
+  def _watch(self):
+    import os
+    import signal
+    import time
+    while not self._done:
+      out = self.outputs.get(self.at - 1)
+      if out is not None and out.is_ready():
+        j = self.at - 1
+        while j + 1 in self.outputs and self.outputs[j + 1].is_ready():
+          j += 1
+        self.device_step = j + 1
+        self.sent.set()
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+      time.sleep(0.0002)
+
+  def close(self):
+    self._done = True

@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from etils import epath
 
 from brainjax import runner, stages
 from brainjax.train import checkpoint as checkpoint_lib
@@ -153,45 +152,13 @@ def test_second_sigint_stops_at_once_without_the_checkpoint():
 # 2. A signal stops the run within one step of the device's.
 
 
-class _SignalAtDeviceStep:
-  """Wraps a train step; a thread sends SIGTERM once step `at - 1`'s outputs are ready (the device starts
-  step `at`) and records the newest step whose outputs were ready then."""
-
-  def __init__(self, train_step, at):
-    self.at, self.outputs, self.device_step = at, {}, None
-    self._train_step, self._count, self._done = train_step, 0, False
-    self._thread = threading.Thread(target=self._watch, daemon=True)
-    self._thread.start()
-
-  def __call__(self, state, batch):
-    state, metrics = self._train_step(state, batch)
-    self._count += 1
-    self.outputs[self._count] = metrics["loss"]
-    return state, metrics
-
-  def _watch(self):
-    while not self._done:
-      out = self.outputs.get(self.at - 1)
-      if out is not None and out.is_ready():
-        j = self.at - 1
-        while j + 1 in self.outputs and self.outputs[j + 1].is_ready():
-          j += 1
-        self.device_step = j + 1  # the step the device is on
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
-      time.sleep(0.0002)
-
-  def close(self):
-    self._done = True
-
-
 @pytest.mark.parametrize("k", [1, 0])
 def test_sigterm_stops_within_one_step_of_the_device(tmp_path, k):
   """A step of 15-30 ms on the device (a 2-core CPU): left unbounded (max_inflight_steps=None), the host
   queues 11-32 steps ahead of it and the checkpoint lands that late (bench/train_loop_inflight.py)."""
   heavy = _make_step(n_matmuls=20)
   for rep in range(3):
-    watcher = _SignalAtDeviceStep(heavy, at=12)
+    watcher = helpers.SignalAtDeviceStep(heavy, at=12)
     directory = str(tmp_path / f"ckpt{rep}")
     try:
       with pytest.raises(loop.Preempted) as raised:
