@@ -1,5 +1,5 @@
 """A miniature BOLD Moments release in the real layout (datasets.md §3, §8.3), for the builder tests
-(tests/test_builder_bmd.py, tests/test_build_cli.py): organised-beta pickles (tuple of [N, R, G] betas +
+(tests/data/test_builder_bmd.py, tests/cli/test_build_cli.py): organised-beta pickles (tuple of [N, R, G] betas +
 'vidNNNN' ids), annotations.json, stimuli/{train,test}/NNNN.mp4, a Glasser dlabel."""
 
 import json

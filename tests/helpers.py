@@ -74,7 +74,7 @@ def tiny_mindvideo_config(data_dir: str, *, steps: int = 20) -> ml_collections.C
 
 def tiny_video_config(data_dir: str, steps: int = 6) -> ml_collections.ConfigDict:
   """The demo's video stages (clip_fit ... cotrain) on top of `tiny_mindvideo_config`, shrunk to seconds
-  each (tests/test_video_stages.py, tests/test_evaluate.py)."""
+  each (tests/stages/test_video_stages.py, tests/stages/test_evaluate.py)."""
   config = tiny_mindvideo_config(data_dir, steps=steps)
   with config.unlocked():
     config.stages = ("clip_fit", "clip_embed", "align", "vae_fit", "unet_fit", "video_finetune", "cotrain")
@@ -106,7 +106,7 @@ def tiny_video_config(data_dir: str, steps: int = 6) -> ml_collections.ConfigDic
 
 def train_video_stages(root) -> tuple:
   """Runs the tiny recipe clip_embed -> ... -> cotrain once (conftest's session fixture `video_run`, shared
-  with tests/test_evaluate.py): (config, workdir, summaries)."""
+  with tests/stages/test_evaluate.py): (config, workdir, summaries)."""
   from etils import epath
 
   from brainjax import runner
@@ -182,7 +182,7 @@ def tiny_multidataset_config(data_dir: str, *, steps: int = 6, clip_dir: str | N
 class SignalAtDeviceStep:
   """Wraps a train step; a thread sends SIGTERM once step `at - 1`'s outputs are ready (the device starts
   step `at`; polling `is_ready()` does not synchronise the host) and records in `device_step` the step the
-  device was on then (tests/test_train_robustness.py, bench/train_loop_inflight.py). `first_step`: the
+  device was on then (tests/train/test_train_robustness.py, bench/train_loop_inflight.py). `first_step`: the
   step the wrapped loop starts from."""
 
   def __init__(self, train_step, at: int, first_step: int = 0):

@@ -31,7 +31,7 @@ can be tracked directly, and these scores answer what a person watching the repo
                        once for the reconstructions and every baseline).
 
 On the synthetic test set the tracker is exact enough to trust: the ground truth's own net displacement
-points the captioned way in every scored window (tests/test_motion.py checks it on rendered clips).
+points the captioned way in every scored window (tests/eval/test_motion.py checks it on rendered clips).
 On natural movies, which have no single saturated object, these numbers mean nothing; evaluate computes
 them only when `config.evaluate.object_motion` is set (the demo presets).
 """

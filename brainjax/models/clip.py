@@ -603,7 +603,7 @@ def preprocess_images(images: Any, image_size: int = 224, *, mean: tuple[float, 
   `quantize` the two 1-D passes are rounded to uint8 as PIL stores them. PIL's
   fixed-point weights still round a few pixels the other way. Measured on 16
   cases (smooth photo-like and uniform-noise images of 120..700 px, shrunk and
-  enlarged to 224 and to 32; tests/test_clip.py checks five of them): >= 99.9%
+  enlarged to 224 and to 32; tests/models/test_clip.py checks five of them): >= 99.9%
   of the values are identical, the others differ by one uint8 step (0.015 in
   normalized units), at most two (0.029). quantize=False skips the rounding
   (smoother, but then only ~1% of values are identical, up to 30 steps apart

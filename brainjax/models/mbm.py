@@ -14,7 +14,7 @@ patches only (mask_ratio of *its* patches), hides padding and dropped slots
 from every attention, and leaves padding out of the loss (per-patch MSE over
 the patch's real voxels, averaged over masked real patches). The result is
 independent of what the padding holds and of how much of it there is (see
-tests/test_mbm.py). Without `num_voxels` every voxel counts, as in MinD-Vis
+tests/models/test_mbm.py). Without `num_voxels` every voxel counts, as in MinD-Vis
 (wrap padding is data there).
 """
 

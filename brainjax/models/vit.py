@@ -14,7 +14,7 @@ transformers' PyTorch class is the checkpoint format and the numerical reference
   classify_images(module, params, pixels)            jitted forward pass
   preprocess_images(images, image_size=224, ...)     ViTImageProcessor in JAX: resize to 224x224
                                       (PIL bilinear, no crop), /255, normalise with mean = std = 0.5;
-                                      equal to ViTImageProcessorPil's output (tests/test_classifiers.py)
+                                      equal to ViTImageProcessorPil's output (tests/models/test_classifiers.py)
   pil_resize(images, size, method)    PIL's 8-bit Image.resize (BILINEAR / BICUBIC) in int32, bit-exact
   crop_normalize(pixels, crop, mean, std)   center crop, /255, normalise (shared with VideoMAE)
   processor_kwargs(path)              preprocessing arguments from a checkpoint's preprocessor_config.json

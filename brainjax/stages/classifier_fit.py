@@ -255,7 +255,7 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
   """uint8 [..., H, W, 3] -> [..., size, size, 3] with Pillow's bilinear filter, frame by frame.
 
   What the saved processors do (resample 2 = BILINEAR; `evaluate` runs vit.pil_resize, which is
-  bit-exact with Pillow on square frames: tests/test_classifier_fit.py checks it on rendered
+  bit-exact with Pillow on square frames: tests/stages/test_classifier_fit.py checks it on rendered
   frames). Pillow itself here because it is ~5x faster than the JAX port on tens of thousands of
   small frames, a third of this stage's time otherwise.
   """

@@ -16,7 +16,7 @@ the checkpoint landed 11-32 steps after the step the device was on
 dispatching step j it waits for step j-1's outputs. The device still has the
 next step queued while the host prepares the one after, and a signal that
 arrives while the device computes step s stops the run with a checkpoint at
-step s or s+1 (tests/test_train_robustness.py). What it costs: a host stall
+step s or s+1 (tests/train/test_train_robustness.py). What it costs: a host stall
 longer than a step (a slow batch) is no longer hidden by the queue.
 """
 

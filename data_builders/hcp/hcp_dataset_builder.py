@@ -17,7 +17,7 @@ MinD-Vis's windows are the pipeline's job, not baked in, so one build serves eve
 `process_voxel_ts` (average non-overlapping windows of 8 // 0.75 = 10 TRs, np.array_split into 1200 // 10 = 120
 windows per run, wrap-pad the voxels to a multiple of the 16-wide patch) set in config.data:
   window=1, temporal_average=10, stride=10, hrf_shift_trs=0, pad_multiple=16, voxel_padding='wrap'
-which gives the same 120 windows per 1200-TR run (tests/test_builder_hcp.py checks the averages against
+which gives the same 120 windows per 1200-TR run (tests/data/test_builder_hcp.py checks the averages against
 array_split on a planted series). Two MinD-Vis details differ on purpose: its `pad_to_patch_size` adds a full
 patch when V is already a multiple of 16, and it z-scores each subject-run's windows once more with a single
 global mean/std; a run whose length is not a multiple of 10 is split unevenly by array_split but into equal

@@ -19,7 +19,7 @@ Preprocessing choice: the simulator's runs are already z-scored per voxel (numpy
 selection of voxels is part of the simulator (its noise voxels are known), so `builder_config` turns the cc2017
 builder's detrend, z-score and voxel selection off; the round trip then checks every I/O step exactly (files,
 trimming, orientation, cortex columns, repeats, frames, captions, clip ids, cuts, labels) with equality, not a
-tolerance, while the preprocessing itself is checked against scipy/numpy in tests/test_preprocess.py. (Writing data
+tolerance, while the preprocessing itself is checked against scipy/numpy in tests/data/test_preprocess.py. (Writing data
 that survive detrending would mean changing the simulated signal, which would no longer be the benchmark.)
 
 Not carried over: the `rest` split (cc2017 has no resting-state runs).

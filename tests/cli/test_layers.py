@@ -18,7 +18,7 @@ import pathlib
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 # Longest prefix wins. Numbers are layers: a module may import modules of its own layer or below.
 LAYERS = {
@@ -84,7 +84,7 @@ def violations(graph: dict[str, set[str]]) -> list[str]:
     try:
       own = layer_of(module)
     except KeyError:
-      out.append(f"{module}: in no layer; add it to LAYERS in tests/test_layers.py")
+      out.append(f"{module}: in no layer; add it to LAYERS in tests/cli/test_layers.py")
       continue
     for target in sorted(graph[module]):
       if target.startswith("data_builders"):

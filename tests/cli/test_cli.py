@@ -16,7 +16,7 @@ from brainjax import preflight
 from brainjax.config import ConfigError
 from tests import helpers
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _cli(*args, tmp_path, timeout=120):

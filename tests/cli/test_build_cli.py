@@ -60,5 +60,5 @@ def test_registry_and_module_entry_point():
   with pytest.raises(ValueError, match="unknown dataset 'nsd'"):
     data_builders.builder_class("nsd")
   done = subprocess.run([sys.executable, "-m", "brainjax.data.build", "--help"], capture_output=True, text=True,
-                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
   assert done.returncode == 0 and "--manual_dir" in done.stdout
