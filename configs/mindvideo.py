@@ -170,8 +170,7 @@ def demo() -> ml_collections.ConfigDict:
       head=dict(out_tokens=32, out_dim=64, dropout=0.6, use_norm=False, readout_rank=256),
       optim=optim_config(lr=3e-4, weight_decay=0.05, warmup_steps=30, grad_clip_norm=1.0),
       batch_size=32, num_steps=110, log_every_steps=50, checkpoint_every_steps=55)
-  # Test PSNR 19.6 dB after 300 steps (stars, hearts and arrows blur into blobs), 22.4 after 600, 24.3
-  # after 900; 450 fits the 20-minute budget.
+  # 450 steps: the most the 20-minute budget holds (docs/results.md, "the demo's settings").
   config.vae_fit = vae_fit.stage_config(num_steps=450, checkpoint_every_steps=225)
   # Zero terminal SNR with v-prediction (Lin et al. 2024) for the from-scratch UNet. SD's schedule
   # keeps sqrt(alpha-bar) = 0.068 of the signal at t = 999; on 8 x 8 latents that lets training read
@@ -181,15 +180,9 @@ def demo() -> ml_collections.ConfigDict:
                   prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing")
   # No pretrained SD for the synthetic world: unet_fit trains a small text-to-image UNet on single frames
   # (SD's part), conditioned on the demo CLIP's caption hidden states (64 wide), on 8 x 8 x 4 latents.
-  # Cross-attention at 4 x 4 only: at 8 x 8 it costs 1.6x the step on a CPU and drew the captioned
-  # object no better (1000 steps: classifier 2-way 0.834 either way). Min-SNR-5 weighting and a high
-  # learning rate because there is no pretrained prior to protect (lr 2e-3 was no better). Training
-  # length is what helps: frames drawn from the 96 test captions score 2-way 0.834 after 1000 steps
-  # and 0.875 after 2000. 1000 is what the 20-minute budget holds, with MBM pretraining 200 steps and
-  # alignment 110: with 1100 and 130 the whole demo took 21.5 min on an Intel Xeon host on 2026-12-06
-  # (UNet fit 416 s of it); with these budgets 14.6 min on an AMD EPYC host, reconstructions' image
-  # 2-way 0.812 (0.823 with 1100 and 130; both with the readout penalty 1e3, below). A shared 2-core
-  # host's spread between runs is as large: README.
+  # Cross-attention at 4 x 4 only (8 x 8 costs 1.6x the step and drew no better); Min-SNR-5 and a high
+  # learning rate because there is no pretrained prior to protect; 1000 steps, what the 20-minute budget
+  # holds (longer training is what helps). The measurements: docs/results.md, "the demo's settings".
   config.unet_fit = unet_fit.stage_config(
       unet=dict(block_out_channels=(64, 128), layers_per_block=1, attention_head_dim=4,
                 cross_attention_dim=64, norm_num_groups=16,
@@ -200,14 +193,10 @@ def demo() -> ml_collections.ConfigDict:
       batch_size=48, num_steps=1000, log_every_steps=100, checkpoint_every_steps=250)
   # video_finetune inflates it as it inflates SD 1.5's unet/ (sparse-causal attention, temporal attention
   # with a zero output projection) and trains every parameter on 6-frame clips.
-  # The video stages train without Min-SNR weighting (snr_gamma 0, the plain v-loss). With v-prediction,
-  # Min-SNR-5 weights a sample by min(SNR, 5) / (SNR + 1): 0 at t = 999 (zero terminal SNR) and under 0.02
-  # above t = 800, the steps at which each frame's layout (where the object is) is drawn from its own noise.
-  # There the temporal layers must learn to read the other frames, and with the weighting they barely did:
-  # at t = 800, giving frame 6 another clip's frames 1-5 moved its prediction by 0.011 (0.044 without it).
-  # On 96 test windows without it, the reconstructed object's centroid moves a median 5.0 px from frame to
-  # frame instead of 8.5 (the real object's: 1.0), SSIM 0.172 vs 0.165, image 2-way 0.793 vs 0.786 (from
-  # the true captions 0.854 vs 0.842). unet_fit keeps it: single frames have no such layers.
+  # The video stages train without Min-SNR weighting (snr_gamma 0, the plain v-loss): with v-prediction,
+  # Min-SNR-5 weights the high-noise steps, where each frame's layout is drawn and the temporal layers must
+  # read the other frames, by under 0.02 (0 at t = 999). unet_fit keeps it: single frames have no such
+  # layers. The measurements: docs/results.md, "the demo's settings".
   config.video_finetune = video_finetune.stage_config(
       unet_path="stage:unet_fit/unet", vae_path="stage:vae_fit/vae", eval_vision_path="stage:clip_fit/vision",
       num_frames=6, schedule=schedule, snr_gamma=0.0,
@@ -219,10 +208,7 @@ def demo() -> ml_collections.ConfigDict:
   # co-training. MinD-Video's bilinear head cannot give each caption position its own function of the
   # fMRI, and 200 co-training steps teach the UNet to ignore an unrelated condition rather than read it.
   # The "no_caption_readout" ablation runs without it. Its ridge penalty is set by what the generator makes
-  # of the fit, not by the fit's error: alpha 1e4 shrinks the fit further toward the mean caption (relative
-  # squared error on the test captions 0.62; 0.52 with 1e3), yet on the 24 test windows the reconstructions
-  # score image 2-way 0.826 vs 0.812 and SSIM 0.190 vs 0.176 (NeuralFlix: 0.815 vs
-  # 0.785, 0.181 vs 0.161; 3e4 there: 0.811, 0.181).
+  # of the fit, not by the fit's error (docs/results.md, "the demo's settings").
   config.cotrain = cotrain.stage_config(
       readout_fit=dict(alpha=1e4, text_cache="stage:clip_embed"),
       num_frames=6, batch_size=8, num_steps=200, log_every_steps=50, checkpoint_every_steps=100,
@@ -233,8 +219,8 @@ def demo() -> ml_collections.ConfigDict:
   # Stand-ins for the papers' ImageNet ViT and Kinetics VideoMAE: classifiers of the synthetic object
   # class (per frame) and motion (per clip), saved in the transformers layout and read like the real ones.
   config.classifier_fit = classifier_fit.stage_config()
-  # 24 test windows spread over the test clips; DDIM 25 with adversarial guidance (on frames from the test
-  # captions DDIM 25, 50 and DPM-Solver++ 15 scored the same 2-way, 0.83-0.84). The "caption" baseline
+  # 24 test windows spread over the test clips; DDIM 25 with adversarial guidance (DDIM 50 and DPM-Solver++
+  # 15 scored the same: docs/results.md). The "caption" baseline
   # (video_finetune's UNet on the true captions) shows what the generator makes of a perfect condition,
   # "ridge" what it makes of a linear decoder's (ridge from the fMRI, no encoder, no co-training).
   # object_motion: the synthetic object tracked in every frame, its step per frame and how often it moves the

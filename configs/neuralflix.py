@@ -80,18 +80,15 @@ def demo() -> ml_collections.ConfigDict:
   config = _neuralflix(mindvideo.demo(), PAPER_BETA)
   # The same CPU budget as MinD-Video's demo: alignment runs three encoder passes per step (plain,
   # spatially masked, temporally interpolated) and the pseudo-3-D convolutions double the UNet's step.
-  # Its shorter video stages leave time for more of the 2-D UNet's training than MinD-Video's 1000 steps, and
-  # the reconstructions' 2-way needs it: with 800 the frames generated from the true captions scored image
-  # 2-way 0.800 and the reconstructions 0.769; with 1100, 0.841 and 0.796; with 1200, 0.832 and 0.814 (with
-  # the current budgets and readout penalty, on 2026-12-06: 0.834 and 0.815).
+  # Its shorter video stages leave time for 1200 steps of the 2-D UNet, which its 2-way needs
+  # (docs/results.md, "the demo's settings").
   config.unet_fit.num_steps = 1200
   config.unet_fit.checkpoint_every_steps = 300
   config.align.num_steps = 100
   config.video_finetune.num_steps = 120
   config.cotrain.num_steps = 200
-  # The video stages keep Min-SNR-5, unlike MinD-Video's demo (see configs/mindvideo.py). The dependent noise
-  # already gives the frames one layout: on the 24 test windows the reconstructed object moves a median 2.8 px
-  # per frame with it (real 1.6 px) and 1.7 px without, but image 2-way was 0.796 with it and 0.759 without.
+  # The video stages keep Min-SNR-5, unlike MinD-Video's demo: the dependent noise already gives the frames
+  # one layout, and image 2-way was higher with it (docs/results.md, "the demo's settings").
   for stage in ("video_finetune", "cotrain"):
     config[stage].snr_gamma = 5.0
   config.ablations = ml_collections.ConfigDict({
