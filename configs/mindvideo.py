@@ -96,7 +96,7 @@ def paper() -> ml_collections.ConfigDict:
   #   python -m brainjax.data.build cc2017 --manual_dir=COPY_OF_PURR_RELEASE --config=mindvideo
   #   python -m brainjax.data.build hcp --manual_dir=COPY_OF_HCP_1200 --config=mindvis
   # (add --data_dir=gs://BUCKET/tfds and set --config.data.data_dir to the same).
-  config.data = data_config(name="cc2017", builder_config="mindvideo", subjects=[0], window=2, hrf_shift_trs=2,
+  config.data = data_config(name="cc2017", builder_config="mindvideo", subjects=(0,), window=2, hrf_shift_trs=2,
                             voxel_padding="wrap")
   # SC-MBM (§3.2, supplement A): ViT 24 x 1024 with 16 heads and mlp ratio 1, decoder 8 x 512, patch 16,
   # mask ratio 0.75; AdamW lr 2.5e-4, betas (0.9, 0.95), weight decay 0.05, gradient clip 0.8, batch 500,
@@ -153,13 +153,13 @@ def demo() -> ml_collections.ConfigDict:
   config.stages = ("mbm_pretrain", "mbm_finetune", "clip_fit", "clip_embed", "align", "vae_fit", "unet_fit",
                    "video_finetune", "cotrain", "classifier_fit", "evaluate")
   # 32 x 32 frames with larger objects: every stage is ~4x cheaper than at 64 px and shapes stay legible.
-  config.data = data_config(builder_config="demo32", subjects=[0], window=2, hrf_shift_trs=2, voxel_padding="wrap")
+  config.data = data_config(builder_config="demo32", subjects=(0,), window=2, hrf_shift_trs=2, voxel_padding="wrap")
   encoder = dict(embed_dim=128, depth=4, num_heads=4, mlp_ratio=1.0)
   config.mbm_pretrain = mbm_pretrain.stage_config(
       model=model_config(**encoder, decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4),
       optim=optim_config(lr=1e-3, warmup_steps=50),
       batch_size=32, num_steps=200, log_every_steps=50, checkpoint_every_steps=100)
-  config.mbm_pretrain.data_overrides.subjects = [0, 1, 2]
+  config.mbm_pretrain.data_overrides.subjects = (0, 1, 2)
   config.mbm_finetune = _finetune(config.mbm_pretrain, num_steps=200)
   config.clip_fit = clip_fit.stage_config()
   config.clip_embed = clip_embed.stage_config()
