@@ -285,7 +285,8 @@ def model_meta(model: FmriAligner | WindowedFmriModel) -> dict[str, Any]:
   FmriAligner with a CLIP projection, clip_dim and the temperature."""
   def fields(module, names, optional):
     out = {n: getattr(module, n) for n in names}
-    out.update({n: getattr(module, n) for n in optional if getattr(module, n) != type(module).__dataclass_fields__[n].default})
+    defaults = type(module).__dataclass_fields__
+    out.update({n: getattr(module, n) for n in optional if getattr(module, n) != defaults[n].default})
     return out
   meta = {"kind": KIND, "encoder": fields(model.encoder, ENCODER_FIELDS, ENCODER_OPTIONAL_FIELDS),
           "head": fields(model.head, HEAD_FIELDS, HEAD_OPTIONAL_FIELDS)}

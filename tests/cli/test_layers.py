@@ -28,7 +28,8 @@ LAYERS = {
     "brainjax.train": 2, "brainjax.eval": 2, "brainjax.features": 2,
     "brainjax.pipelines": 3,
     "brainjax.stages": 4,
-    "brainjax.main": 5, "brainjax.cli": 5, "brainjax.runner": 5, "brainjax.ablate": 5, "brainjax.plan": 5, "brainjax.preflight": 5,
+    "brainjax.main": 5, "brainjax.cli": 5, "brainjax.runner": 5, "brainjax.ablate": 5, "brainjax.plan": 5,
+    "brainjax.preflight": 5,
     "brainjax.data.build": 5, "brainjax.convert": 5,
 }
 LAYER_NAMES = ["core", "data/models/diffusion", "train/eval/features", "pipelines", "stages", "command line"]
