@@ -178,7 +178,10 @@ def validate(config: ml_collections.ConfigDict, name: str) -> None:
   where = "evaluate"
   for field in ("encoder_from", "unet_from", "vae_path"):
     if not stage[field]:
-      hint = " (and there is no config.cotrain to take it from)" if field == "vae_path" else ""
+      hint = ""
+      if field == "vae_path":
+        hint = (" (and there is no config.cotrain to take it from)" if "cotrain" not in config else
+                " (and so are config.cotrain.vae_path and config.video_finetune.vae_path, which it defaults to)")
       raise cfg.ConfigError(f"config.evaluate.{field} is empty{hint}; see brainjax/stages/evaluate.py for what it "
                             "reads (e.g. 'stage:cotrain').")
   for field in PATH_FIELDS:

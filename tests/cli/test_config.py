@@ -140,3 +140,10 @@ def test_missing_stage_settings_are_reported():
     del config["mbm_pretrain"]
   with pytest.raises(ConfigError, match=r"config.mbm_pretrain is missing"):
     runner.validate(config)
+
+
+def test_an_empty_evaluate_vae_path_names_where_it_would_come_from():
+  config = helpers.load_recipe("mindvideo", "paper")
+  with pytest.raises(ConfigError, match=r"config.evaluate.vae_path is empty \(and so are config.cotrain.vae_path "
+                                        r"and config.video_finetune.vae_path, which it defaults to\)"):
+    evaluate.validate(config, "evaluate")
