@@ -111,3 +111,20 @@ def assert_abs_close(name: str, ref, got, *, atol: float, rtol: float = 0.0, che
   print(f"  {name}: max abs err {err:.2e} (bound {bound:.1e})")
   assert err <= bound, f"{name}: max abs error {err:.3e} > {bound:.3e} ({_where(ref, got)})"
   return err
+
+
+def random_flax_params(abstract, seed: int = 7):
+  """Random values for a Flax param tree of ShapeDtypeStructs, every leaf drawn (norm scales around 1, kernels
+  scaled by their fan-in), so a transposed or misplaced tensor cannot hide in an export test. numpy draws:
+  jax.random per shape compiles slowly on a CPU."""
+  import jax
+  import jax.numpy as jnp
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = path[-1].key
+    fan_in = int(np.prod(leaf.shape[:-1])) if name == "kernel" else 1
+    base = 1.0 if name == "scale" else 0.0
+    return jnp.asarray(base + rng.standard_normal(leaf.shape).astype(np.float32) / np.sqrt(fan_in) * 0.5)
+
+  return jax.tree_util.tree_map_with_path(draw, abstract)

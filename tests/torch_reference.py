@@ -270,3 +270,28 @@ def write_mindvideo_encoder_folder(directory, config: dict, module: nn.Module) -
   buffer = io.BytesIO()
   torch.save({"model": module.state_dict()}, buffer)
   (directory / "model.pth").write_bytes(buffer.getvalue())
+
+
+def save_pretrained(path, model):
+  """`model.save_pretrained(path)` (a diffusers / transformers model); returns `path`."""
+  model.save_pretrained(path)
+  return path
+
+
+def randomize_norms_(model: nn.Module) -> nn.Module:
+  """Random affine params for every norm (torch's init leaves them at identity, which a test cannot see past)."""
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if "norm" in name:
+        p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith("weight") else 0.0))
+  return model
+
+
+def nchw(x) -> torch.Tensor:
+  """An NHWC array as a torch NCHW tensor."""
+  return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
+
+
+def nhwc(x: torch.Tensor) -> np.ndarray:
+  """A torch NCHW tensor as an NHWC array."""
+  return x.detach().numpy().transpose(0, 2, 3, 1)

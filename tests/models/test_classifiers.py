@@ -17,6 +17,7 @@ from brainjax.weights import CheckpointError, ConversionError
 from brainjax.eval import metrics
 from brainjax.models import videomae, vit
 from tests import parity
+from tests import torch_reference as torch_ref
 
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()
@@ -77,10 +78,6 @@ def _run_videomae(model, clips):
     return model(pixel_values=torch.from_numpy(clips.transpose(0, 1, 4, 2, 3).copy()), output_hidden_states=True)
 
 
-def _saved(path, model):
-  model.save_pretrained(path)
-  return path
-
 
 # ------------------------------------------------------------------------------ parity
 
@@ -88,7 +85,7 @@ def _saved(path, model):
 @pytest.mark.parametrize("name,cfg,batch", VIT_CASES, ids=[c[0] for c in VIT_CASES])
 def test_vit_logits_match_transformers(tmp_path, name, cfg, batch):
   model = _torch_vit(cfg)
-  module, params = vit.load_vit(_saved(tmp_path, model))
+  module, params = vit.load_vit(torch_ref.save_pretrained(tmp_path, model))
   assert module.config.num_labels == cfg["num_labels"] and module.config.qkv_bias == cfg.get("qkv_bias", True)
   images = _images(cfg, batch)
   ref, out = _run_vit(model, images), vit.classify_images(module, params, images)
@@ -102,7 +99,7 @@ def test_vit_logits_match_transformers(tmp_path, name, cfg, batch):
 @pytest.mark.parametrize("name,cfg,batch", VIDEOMAE_CASES, ids=[c[0] for c in VIDEOMAE_CASES])
 def test_videomae_logits_match_transformers(tmp_path, name, cfg, batch):
   model = _torch_videomae(cfg)
-  module, params = videomae.load_videomae(_saved(tmp_path, model))
+  module, params = videomae.load_videomae(torch_ref.save_pretrained(tmp_path, model))
   c = module.config
   assert (c.num_frames, c.tubelet_size, c.qv_bias, c.use_mean_pooling) == (
       cfg["num_frames"], cfg["tubelet_size"], cfg.get("qv_bias", True), cfg.get("use_mean_pooling", True))
@@ -126,7 +123,7 @@ def test_videomae_position_table_is_transformers():
 def test_videomae_num_frames_override_as_mindvideo_loads_it(tmp_path):
   """A 16-frame checkpoint loaded with num_frames=6, as `from_pretrained(..., num_frames=6)` in MinD-Video."""
   cfg = dict(VIDEOMAE_CASES[0][1], num_frames=16)
-  path = _saved(tmp_path, _torch_videomae(cfg, seed=1))
+  path = torch_ref.save_pretrained(tmp_path, _torch_videomae(cfg, seed=1))
   reference = transformers.VideoMAEForVideoClassification.from_pretrained(path, num_frames=6).eval()
   module, params = videomae.load_videomae(path, num_frames=6)
   assert module.config.num_frames == 6 and module.config.num_patches == 3 * 16
@@ -150,7 +147,7 @@ def test_state_dict_round_trips_are_bitwise(tmp_path):
   cases += [(videomae.videomae_table(videomae.VideoMAEConfig.from_dict(cfg)), _torch_videomae(cfg))
             for _, cfg, _ in VIDEOMAE_CASES[:3]]
   for i, (table, model) in enumerate(cases):
-    sd = load_file(_saved(tmp_path / str(i), model) / "model.safetensors")
+    sd = load_file(torch_ref.save_pretrained(tmp_path / str(i), model) / "model.safetensors")
     back = table.to_torch(table.to_flax(sd))
     assert sorted(back) == sorted(sd)
     for k in sd:
@@ -167,7 +164,7 @@ def test_save_then_transformers_from_pretrained_gives_the_same_logits(tmp_path, 
     cfg = VIDEOMAE_CASES[case][1]
     model, load, save = _torch_videomae(cfg), videomae.load_videomae, videomae.save_videomae
     cls, run, inputs = transformers.VideoMAEForVideoClassification, _run_videomae, _clips(cfg, 2)
-  module, params = load(_saved(tmp_path / "orig", model))
+  module, params = load(torch_ref.save_pretrained(tmp_path / "orig", model))
   save(tmp_path / "brainjax", module, {"params": params})
   reloaded, info = cls.from_pretrained(tmp_path / "brainjax", output_loading_info=True)
   assert not any(info.values()), info  # no missing / unexpected / mismatched keys
@@ -285,7 +282,7 @@ def test_processor_kwargs_read_preprocessor_config(tmp_path):
 def test_n_way_on_classifier_outputs(tmp_path):
   """The evaluation path: frames -> preprocess -> classifier -> N-way; ground truth against itself scores 1."""
   cfg = dict(VIT_CASES[1][1], image_size=32, patch_size=8, num_labels=30)
-  module, params = vit.load_vit(_saved(tmp_path, _torch_vit(cfg, seed=2)))
+  module, params = vit.load_vit(torch_ref.save_pretrained(tmp_path, _torch_vit(cfg, seed=2)))
   frames = np.stack([_photo(64, 64, s) for s in range(6)])
   probs = jax.nn.softmax(vit.classify_images(module, params, vit.preprocess_images(frames, 32)).logits)
   res = metrics.n_way_top_k(probs, probs, 5, 1, trials=20, rng=jax.random.key(0))
@@ -295,7 +292,7 @@ def test_n_way_on_classifier_outputs(tmp_path):
 def test_logical_axes_and_sharded_forward_match(tmp_path):
   from brainjax.train import sharding as shd
   cfg = VIDEOMAE_CASES[0][1]
-  module, params = videomae.load_videomae(_saved(tmp_path, _torch_videomae(cfg)))
+  module, params = videomae.load_videomae(torch_ref.save_pretrained(tmp_path, _torch_videomae(cfg)))
   specs = nn.get_partition_spec(vit.abstract_params(module, boxed=True))
   layer = specs["videomae"]["encoder"]["layers_0"]
   assert tuple(layer["self_attn"]["q_proj"]["kernel"]) == ("embed", "heads")
@@ -314,7 +311,7 @@ def test_logical_axes_and_sharded_forward_match(tmp_path):
 def test_load_and_save_on_gcs(fake_gcs):
   cfg = VIT_CASES[0][1]
   model = _torch_vit(cfg)
-  _saved(os.path.join(fake_gcs, "bucket", "vit"), model)
+  torch_ref.save_pretrained(os.path.join(fake_gcs, "bucket", "vit"), model)
   module, params = vit.load_vit("gs://bucket/vit", remat=True)  # remat: same numbers
   images = _images(cfg, 1)
   parity.assert_rel_close("gs:// logits", _run_vit(model, images).logits,
@@ -328,7 +325,7 @@ def test_load_and_save_on_gcs(fake_gcs):
 
 def test_bad_checkpoints_configs_and_inputs_are_explained(tmp_path):
   cfg = VIDEOMAE_CASES[0][1]
-  path = _saved(tmp_path / "vmae", _torch_videomae(cfg))
+  path = torch_ref.save_pretrained(tmp_path / "vmae", _torch_videomae(cfg))
   config = json.loads((path / "config.json").read_text())
   (path / "config.json").write_text(json.dumps({**config, "qv_bias": False}))
   with pytest.raises(ConversionError, match=r"4 key\(s\) in .*model.safetensors match no rule(?s:.*)"

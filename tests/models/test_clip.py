@@ -17,6 +17,7 @@ from brainjax.weights import CheckpointError, ConversionError
 from brainjax.models import clip
 from brainjax.train import sharding as shd
 from tests import parity
+from tests import torch_reference as torch_ref
 
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()
@@ -238,7 +239,7 @@ def test_save_then_transformers_from_pretrained_reproduces_the_model(tmp_path, t
 
 
 def test_save_without_projection_loads_as_clip_text_model(tmp_path):
-  module, params = clip.load_clip_text(_saved(tmp_path / "orig", _torch_text(TEXT_CASES[0][1])),
+  module, params = clip.load_clip_text(torch_ref.save_pretrained(tmp_path / "orig", _torch_text(TEXT_CASES[0][1])),
                                        with_projection=False)
   clip.save_clip_text(tmp_path / "bj", module, {"params": params})
   assert json.loads((tmp_path / "bj" / "config.json").read_text())["architectures"] == ["CLIPTextModel"]
@@ -246,15 +247,11 @@ def test_save_without_projection_loads_as_clip_text_model(tmp_path):
   assert not any(info.values()), info
 
 
-def _saved(path, model):
-  model.save_pretrained(path)
-  return path
-
 
 def test_load_from_gcs(fake_gcs):
   cfg = VISION_CASES[0][1]
   model = _torch_vision(cfg)
-  _saved(os.path.join(fake_gcs, "bucket", "clip"), model)
+  torch_ref.save_pretrained(os.path.join(fake_gcs, "bucket", "clip"), model)
   module, params = clip.load_clip_vision("gs://bucket/clip", remat=True)  # remat: same numbers
   pixels = _pixels(cfg, 1)
   parity.assert_abs_close("gs:// image_embeds", _run_torch_vision(model, pixels).image_embeds,
@@ -268,7 +265,7 @@ def test_load_from_gcs(fake_gcs):
 
 def test_checkpoint_mismatches_name_the_file_and_the_keys(tmp_path):
   cfg = TEXT_CASES[1][1]
-  path = _saved(tmp_path, _torch_text(cfg))
+  path = torch_ref.save_pretrained(tmp_path, _torch_text(cfg))
   weights = str(path / "model.safetensors")
   sd = load_file(weights)
   save_file({**sd, "text_model.encoder.layers.0.adapter.weight": np.zeros((2, 2), np.float32)}, weights,
@@ -329,7 +326,7 @@ def test_config_from_dict_standalone_and_combined():
 
 def test_logical_axes_and_sharded_forward_match(tmp_path):
   cfg = TEXT_CASES[1][1]
-  module, params = clip.load_clip_text(_saved(tmp_path, _torch_text(cfg)))
+  module, params = clip.load_clip_text(torch_ref.save_pretrained(tmp_path, _torch_text(cfg)))
   specs = nn.get_partition_spec(clip.abstract_params(module, boxed=True))
   layer = specs["text_model"]["encoder"]["layers_0"]
   assert tuple(layer["self_attn"]["q_proj"]["kernel"]) == ("embed", "heads")
@@ -351,7 +348,7 @@ def test_logical_axes_and_sharded_forward_match(tmp_path):
 def test_bf16_compute_stays_close(tmp_path):
   cfg = VISION_CASES[1][1]
   model = _torch_vision(cfg)
-  module, params = clip.load_clip_vision(_saved(tmp_path, model), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+  module, params = clip.load_clip_vision(torch_ref.save_pretrained(tmp_path, model), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
   pixels = _pixels(cfg, 2)
   out = clip.encode_images(module, params, pixels).image_embeds

@@ -19,6 +19,7 @@ from safetensors.numpy import load_file, save_file
 from brainjax.weights import CheckpointError, ConversionError
 from brainjax.models import unet
 from tests import parity
+from tests import torch_reference as torch_ref
 
 diffusers_logging.set_verbosity_error()
 
@@ -52,24 +53,10 @@ def _torch_unet(cfg: dict, seed: int = 0) -> TorchUNet:
   torch.manual_seed(seed)
   model = TorchUNet(sample_size=16, **cfg).eval()
   # torch's default init leaves the norms at identity; random affine params make the test see them.
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if "norm" in name:
-        p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith("weight") else 0.0))
-  return model
+  return torch_ref.randomize_norms_(model)
 
 
-def _saved(path, model) -> str:
-  model.save_pretrained(path)
-  return str(path)
 
-
-def _nchw(x) -> torch.Tensor:
-  return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
-
-
-def _nhwc(x: torch.Tensor) -> np.ndarray:
-  return x.detach().numpy().transpose(0, 2, 3, 1)
 
 
 def _inputs(shape, context_dim, seed=0):
@@ -87,7 +74,7 @@ def _apply(module, params, sample, timesteps, context):
 def _torch_out(model, sample, timesteps, context) -> np.ndarray:
   t = torch.as_tensor(timesteps) if isinstance(timesteps, np.ndarray) else timesteps
   with torch.no_grad():
-    return _nhwc(model(_nchw(sample), t, torch.from_numpy(context)).sample)
+    return torch_ref.nhwc(model(torch_ref.nchw(sample), t, torch.from_numpy(context)).sample)
 
 
 # ------------------------------------------------------------------------------ parity
@@ -96,7 +83,7 @@ def _torch_out(model, sample, timesteps, context) -> np.ndarray:
 @pytest.mark.parametrize("name,cfg,shape", CASES, ids=[c[0] for c in CASES])
 def test_parity_with_diffusers(tmp_path, name, cfg, shape):
   model = _torch_unet(cfg)
-  module, params = unet.load_unet(_saved(tmp_path, model))
+  module, params = unet.load_unet(torch_ref.save_pretrained(tmp_path, model))
   assert module.config.block_out_channels == cfg["block_out_channels"]
   sample, context = _inputs(shape, cfg["cross_attention_dim"])
   t = np.array([3, 500, 999][:shape[0]], np.int64)  # one timestep per sample
@@ -110,7 +97,7 @@ def small(tmp_path_factory):
   """CASES[0] as (torch model, flax module, params, sample, context)."""
   _, cfg, shape = CASES[0]
   model = _torch_unet(cfg, seed=1)
-  module, params = unet.load_unet(_saved(tmp_path_factory.mktemp("small"), model))
+  module, params = unet.load_unet(torch_ref.save_pretrained(tmp_path_factory.mktemp("small"), model))
   return (model, module, params, *_inputs(shape, cfg["cross_attention_dim"], seed=1))
 
 
@@ -144,7 +131,7 @@ def test_timestep_embedding_matches_diffusers():
 def test_nearest_resize_matches_torch():
   x = np.random.default_rng(0).standard_normal((1, 5, 3, 2)).astype(np.float32)
   for size in ((10, 6), (9, 5), (7, 4), (5, 3)):
-    ref = _nhwc(torch.nn.functional.interpolate(_nchw(x), size=size, mode="nearest"))
+    ref = torch_ref.nhwc(torch.nn.functional.interpolate(torch_ref.nchw(x), size=size, mode="nearest"))
     np.testing.assert_array_equal(unet.resize_nearest(jnp.asarray(x), size), ref)
 
 
@@ -153,7 +140,7 @@ def test_nearest_resize_matches_torch():
 
 def test_state_dict_round_trip_is_bitwise(tmp_path):
   for i, (_, cfg, _) in enumerate(CASES):
-    sd = load_file(os.path.join(_saved(tmp_path / str(i), _torch_unet(cfg)), "diffusion_pytorch_model.safetensors"))
+    sd = load_file(os.path.join(torch_ref.save_pretrained(tmp_path / str(i), _torch_unet(cfg)), "diffusion_pytorch_model.safetensors"))
     back = unet.UNET_TABLE.to_torch(unet.UNET_TABLE.to_flax(sd))
     assert sorted(back) == sorted(sd)
     for k in sd:
@@ -175,15 +162,7 @@ def test_save_then_diffusers_from_pretrained_reproduces_the_model(tmp_path, smal
 def test_export_of_flax_initialised_params_matches_in_diffusers(tmp_path, small):
   """The export direction on its own: params born in Flax (all random, so a misplaced tensor shows), run by diffusers."""
   _, module, _, sample, context = small
-  rng = np.random.default_rng(7)
-
-  def draw(path, leaf):
-    name = path[-1].key
-    fan_in = int(np.prod(leaf.shape[:-1])) if name == "kernel" else 1
-    base = 1.0 if name == "scale" else 0.0
-    return jnp.asarray(base + rng.standard_normal(leaf.shape).astype(np.float32) / np.sqrt(fan_in) * 0.5)
-
-  params = jax.tree_util.tree_map_with_path(draw, unet.abstract_params(module))
+  params = parity.random_flax_params(unet.abstract_params(module))
   unet.save_unet(tmp_path, module.config, params)
   model, info = TorchUNet.from_pretrained(tmp_path, output_loading_info=True)
   assert not any(info.values()), info
@@ -197,7 +176,7 @@ def test_load_from_gcs_pipeline_directory(fake_gcs, small):
   """A copy of a whole pipeline on GCS (model_index.json + unet/): load_unet finds the unet/ folder."""
   model, module, params, _, _ = small
   root = os.path.join(fake_gcs, "bucket", "sd15")
-  _saved(os.path.join(root, "unet"), model)
+  torch_ref.save_pretrained(os.path.join(root, "unet"), model)
   with open(os.path.join(root, "model_index.json"), "w") as f:
     json.dump({"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}, f)
   loaded_module, loaded = unet.load_unet("gs://bucket/sd15", remat=True)
@@ -232,7 +211,7 @@ def test_unsupported_configs_are_explained(tmp_path):
   with pytest.raises(ValueError, match=r"diffusers' UNet3DConditionModel, not UNet2DConditionModel"):
     unet.UNetConfig.from_dict({"_class_name": "UNet3DConditionModel"})
   # From a checkpoint directory: the config is checked before any weight is read.
-  path = _saved(tmp_path, _torch_unet(CASES[0][1]))
+  path = torch_ref.save_pretrained(tmp_path, _torch_unet(CASES[0][1]))
   config = json.loads((tmp_path / "config.json").read_text())
   (tmp_path / "config.json").write_text(json.dumps({**config, "down_block_types": ["CrossAttnDownBlock2D",
                                                                                    "AttnDownBlock2D"]}))
@@ -257,7 +236,7 @@ def test_bad_inputs_are_explained(small):
 
 
 def test_weight_mismatches_name_the_file_and_the_keys(tmp_path):
-  path = _saved(tmp_path, _torch_unet(CASES[0][1]))
+  path = torch_ref.save_pretrained(tmp_path, _torch_unet(CASES[0][1]))
   weights = os.path.join(path, "diffusion_pytorch_model.safetensors")
   sd = load_file(weights)
   key = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.bias"  # diffusers' to_q has no bias
@@ -344,7 +323,7 @@ def test_remat_and_bf16(small):
   assert out.dtype == jnp.bfloat16
 
   with torch.no_grad():
-    torch16 = _nhwc(copy.deepcopy(model).to(torch.bfloat16)(_nchw(sample).to(torch.bfloat16), torch.from_numpy(t),
+    torch16 = torch_ref.nhwc(copy.deepcopy(model).to(torch.bfloat16)(torch_ref.nchw(sample).to(torch.bfloat16), torch.from_numpy(t),
                                                             torch.from_numpy(context).to(torch.bfloat16)).sample.float())
   err, torch_err = parity.rel_err(ref, np.asarray(out, np.float32)), parity.rel_err(ref, torch16)
   print(f"\n  bf16 forward: max rel err {err:.2e} (diffusers in bf16: {torch_err:.2e})")

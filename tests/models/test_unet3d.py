@@ -19,6 +19,7 @@ from safetensors.numpy import load_file
 
 from brainjax.models import unet, unet3d
 from tests import parity
+from tests import torch_reference as torch_ref
 
 diffusers_logging.set_verbosity_error()
 
@@ -63,10 +64,6 @@ def _torch_unet(cfg: dict, seed: int = 0) -> TorchUNet3D:
         p.copy_(torch.randn_like(p) / np.sqrt(fan_in) * (1.0 if p.ndim > 1 else 0.1))
   return model
 
-
-def _saved(path, model) -> str:
-  model.save_pretrained(path)
-  return str(path)
 
 
 def _to_torch_layout(x) -> torch.Tensor:  # [B, T, H, W, C] -> [B, C, T, H, W]
@@ -114,7 +111,7 @@ def _one_torch_thread():
 @pytest.mark.parametrize("name,cfg,shape,t", CASES, ids=[c[0] for c in CASES])
 def test_parity_with_diffusers(tmp_path, name, cfg, shape, t):
   model = _torch_unet(cfg)
-  module, params = unet3d.load_unet3d(_saved(tmp_path, model))
+  module, params = unet3d.load_unet3d(torch_ref.save_pretrained(tmp_path, model))
   assert module.config.block_out_channels == cfg["block_out_channels"]
   sample, context = _inputs(shape, cfg["cross_attention_dim"])
   print(f"\nunet3d {name}:")
@@ -127,7 +124,7 @@ def small(tmp_path_factory):
   """CASES[0] as (torch model, flax module, params, sample, context, timesteps, saved directory)."""
   _, cfg, shape, t = CASES[0]
   model = _torch_unet(cfg, seed=1)
-  path = _saved(tmp_path_factory.mktemp("small"), model)
+  path = torch_ref.save_pretrained(tmp_path_factory.mktemp("small"), model)
   module, params = unet3d.load_unet3d(path)
   return (model, module, params, *_inputs(shape, cfg["cross_attention_dim"], seed=1), t, path)
 
@@ -155,15 +152,7 @@ def test_load_then_save_reproduces_the_safetensors_exactly(tmp_path, small):
 def test_export_of_flax_params_runs_the_same_in_diffusers(tmp_path, small):
   """Params born in Flax (all random, so a misplaced tensor shows) -> save_unet3d -> diffusers from_pretrained."""
   model, module, _, sample, context, t, _ = small
-  rng = np.random.default_rng(7)
-
-  def draw(path, leaf):
-    name = path[-1].key
-    fan_in = int(np.prod(leaf.shape[:-1])) if name == "kernel" else 1
-    base = 1.0 if name == "scale" else 0.0
-    return jnp.asarray(base + rng.standard_normal(leaf.shape).astype(np.float32) / np.sqrt(fan_in) * 0.5)
-
-  params = jax.tree_util.tree_map_with_path(draw, unet3d.abstract_params(module))
+  params = parity.random_flax_params(unet3d.abstract_params(module))
   unet3d.save_unet3d(tmp_path, module.config, params)
   reloaded, info = TorchUNet3D.from_pretrained(tmp_path, output_loading_info=True)
   assert not any(info.values()), info  # no missing / unexpected / mismatched keys
@@ -178,7 +167,7 @@ def test_load_from_gcs_pipeline_directory(fake_gcs, small):
   """A copy of a whole pipeline on GCS (model_index.json + unet/): load_unet3d finds the unet/ folder."""
   model, module, params, *_ = small
   root = os.path.join(fake_gcs, "bucket", "zeroscope")
-  _saved(os.path.join(root, "unet"), model)
+  torch_ref.save_pretrained(os.path.join(root, "unet"), model)
   with open(os.path.join(root, "model_index.json"), "w") as f:
     json.dump({"_class_name": "TextToVideoSDPipeline", "unet": ["diffusers", "UNet3DConditionModel"]}, f)
   loaded_module, loaded = unet3d.load_unet3d("gs://bucket/zeroscope", remat=True)
@@ -232,7 +221,7 @@ def test_unsupported_configs_are_explained(tmp_path):
   with pytest.raises(ValueError, match=r"parts=UNetParts\(frames=2\)"):
     unet3d.abstract_params(unet3d.UNet3DConditionModel(unet3d.UNet3DConfig(), parts=unet.UNetParts(frames=2)))
   # From a checkpoint directory: the config is checked before any weight is read.
-  path = _saved(tmp_path, _torch_unet(CASES[0][1]))
+  path = torch_ref.save_pretrained(tmp_path, _torch_unet(CASES[0][1]))
   config = json.loads((tmp_path / "config.json").read_text())
   (tmp_path / "config.json").write_text(json.dumps({**config, "time_cond_proj_dim": 32}))
   os.remove(tmp_path / "diffusion_pytorch_model.safetensors")

@@ -21,6 +21,7 @@ from brainjax.weights import CheckpointError, ConversionError
 from brainjax.models import vae
 from brainjax.train import sharding as shd
 from tests import parity
+from tests import torch_reference as torch_ref
 
 diffusers_logging.set_verbosity_error()
 
@@ -45,24 +46,10 @@ def _torch_vae(cfg: dict, seed: int = 0) -> TorchAutoencoderKL:
   model = TorchAutoencoderKL(down_block_types=(D,) * n, up_block_types=(U,) * n, latent_channels=4,
                              sample_size=32, **cfg).eval()
   # torch's default init leaves the GroupNorms at identity; random affine params make the test see them.
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if "norm" in name:
-        p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith("weight") else 0.0))
-  return model
+  return torch_ref.randomize_norms_(model)
 
 
-def _saved(path, model) -> str:
-  model.save_pretrained(path)
-  return str(path)
 
-
-def _nchw(x) -> torch.Tensor:
-  return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
-
-
-def _nhwc(x: torch.Tensor) -> np.ndarray:
-  return x.detach().numpy().transpose(0, 2, 3, 1)
 
 
 def _images(shape, seed=0) -> np.ndarray:
@@ -79,9 +66,9 @@ def _apply_all(module, params, x, z):
 
 def _torch_all(model, x, z):
   with torch.no_grad():
-    posterior = model.encode(_nchw(x)).latent_dist
-    return (_nhwc(posterior.mean), _nhwc(posterior.logvar), _nhwc(model.decode(_nchw(z)).sample),
-            _nhwc(model(_nchw(x), sample_posterior=False).sample))
+    posterior = model.encode(torch_ref.nchw(x)).latent_dist
+    return (torch_ref.nhwc(posterior.mean), torch_ref.nhwc(posterior.logvar), torch_ref.nhwc(model.decode(torch_ref.nchw(z)).sample),
+            torch_ref.nhwc(model(torch_ref.nchw(x), sample_posterior=False).sample))
 
 
 # ------------------------------------------------------------------------------ parity
@@ -90,7 +77,7 @@ def _torch_all(model, x, z):
 @pytest.mark.parametrize("name,cfg,shape", CASES, ids=[c[0] for c in CASES])
 def test_parity_with_diffusers(tmp_path, name, cfg, shape):
   model = _torch_vae(cfg)
-  module, params = vae.load_vae(_saved(tmp_path, model))
+  module, params = vae.load_vae(torch_ref.save_pretrained(tmp_path, model))
   assert module.config.block_out_channels == cfg["block_out_channels"]
   assert ("quant_conv" in params) == cfg.get("use_quant_conv", True)
   assert ("attentions_0" in params["encoder"]["mid_block"]) == cfg.get("mid_block_add_attention", True)
@@ -107,12 +94,12 @@ def test_posterior_matches_diagonal_gaussian_distribution():
   moments = np.random.default_rng(0).standard_normal((2, 3, 3, 8)).astype(np.float32) * 30  # past the clamp
   posterior = vae.DiagonalGaussian.from_moments(jnp.asarray(moments))
   mean, logvar = posterior  # unpacks as (mean, logvar)
-  ref = DiagonalGaussianDistribution(_nchw(moments))
-  np.testing.assert_array_equal(mean, _nhwc(ref.mean))
-  np.testing.assert_array_equal(logvar, _nhwc(ref.logvar))
+  ref = DiagonalGaussianDistribution(torch_ref.nchw(moments))
+  np.testing.assert_array_equal(mean, torch_ref.nhwc(ref.mean))
+  np.testing.assert_array_equal(logvar, torch_ref.nhwc(ref.logvar))
   assert float(logvar.min()) == -30.0 and float(logvar.max()) == 20.0
-  np.testing.assert_allclose(posterior.std, _nhwc(ref.std), rtol=1e-6)
-  np.testing.assert_allclose(posterior.var, _nhwc(ref.var), rtol=1e-6)
+  np.testing.assert_allclose(posterior.std, torch_ref.nhwc(ref.std), rtol=1e-6)
+  np.testing.assert_allclose(posterior.var, torch_ref.nhwc(ref.var), rtol=1e-6)
   assert posterior.mode() is posterior.mean
   eps = jax.random.normal(jax.random.key(3), mean.shape)
   np.testing.assert_allclose(posterior.sample(jax.random.key(3)), mean + posterior.std * eps, rtol=1e-6)
@@ -123,7 +110,7 @@ def test_posterior_matches_diagonal_gaussian_distribution():
 
 def test_state_dict_round_trip_is_bitwise(tmp_path):
   for i, (_, cfg, _) in enumerate(CASES):
-    sd = load_file(os.path.join(_saved(tmp_path / str(i), _torch_vae(cfg)), "diffusion_pytorch_model.safetensors"))
+    sd = load_file(os.path.join(torch_ref.save_pretrained(tmp_path / str(i), _torch_vae(cfg)), "diffusion_pytorch_model.safetensors"))
     back = vae.VAE_TABLE.to_torch(vae.VAE_TABLE.to_flax(sd))
     assert sorted(back) == sorted(sd)
     for k in sd:
@@ -134,7 +121,7 @@ def test_state_dict_round_trip_is_bitwise(tmp_path):
 def test_save_then_diffusers_from_pretrained_reproduces_the_model(tmp_path, case):
   _, cfg, shape = CASES[case]
   model = _torch_vae(cfg, seed=case)
-  module, params = vae.load_vae(_saved(tmp_path / "orig", model))
+  module, params = vae.load_vae(torch_ref.save_pretrained(tmp_path / "orig", model))
   vae.save_vae(tmp_path / "brainjax", module, {"params": params})
   assert sorted(os.listdir(tmp_path / "brainjax")) == ["config.json", "diffusion_pytorch_model.safetensors"]
   reloaded, info = TorchAutoencoderKL.from_pretrained(tmp_path / "brainjax", output_loading_info=True)
@@ -145,7 +132,7 @@ def test_save_then_diffusers_from_pretrained_reproduces_the_model(tmp_path, case
     assert torch.equal(v, reloaded.state_dict()[k]), k
   x = _images(shape)
   with torch.no_grad():
-    assert torch.equal(model(_nchw(x)).sample, reloaded.eval()(_nchw(x)).sample)
+    assert torch.equal(model(torch_ref.nchw(x)).sample, reloaded.eval()(torch_ref.nchw(x)).sample)
 
 
 def test_export_of_flax_initialised_params_matches_in_diffusers(tmp_path):
@@ -155,15 +142,7 @@ def test_export_of_flax_initialised_params_matches_in_diffusers(tmp_path):
   module = vae.AutoencoderKL(config)
   # Random values in the Flax layout (numpy: drawing with jax.random per shape compiles slowly on CPU);
   # norms and biases random too, so that a transposed or misplaced tensor cannot hide.
-  rng = np.random.default_rng(7)
-
-  def draw(path, leaf):
-    name = path[-1].key
-    fan_in = int(np.prod(leaf.shape[:-1])) if name == "kernel" else 1
-    base = 1.0 if name == "scale" else 0.0
-    return jnp.asarray(base + rng.standard_normal(leaf.shape).astype(np.float32) / np.sqrt(fan_in) * 0.5)
-
-  params = jax.tree_util.tree_map_with_path(draw, vae.abstract_params(module))
+  params = parity.random_flax_params(vae.abstract_params(module))
   vae.save_vae(tmp_path, config, params)
   model, info = TorchAutoencoderKL.from_pretrained(tmp_path, output_loading_info=True)
   assert not any(info.values()), info
@@ -177,7 +156,7 @@ def test_export_of_flax_initialised_params_matches_in_diffusers(tmp_path):
 
 def test_deprecated_attention_names_are_read(tmp_path):
   """Checkpoints from before diffusers 0.14 call the mid-block attention query/key/value/proj_attn."""
-  path = _saved(tmp_path, _torch_vae(CASES[0][1]))
+  path = torch_ref.save_pretrained(tmp_path, _torch_vae(CASES[0][1]))
   weights = os.path.join(path, "diffusion_pytorch_model.safetensors")
   _, params = vae.load_vae(path)
   old = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
@@ -198,14 +177,14 @@ def test_load_from_gcs_pipeline_directory_and_save_there(fake_gcs):
   _, cfg, shape = CASES[1]
   model = _torch_vae(cfg, seed=4)
   root = os.path.join(fake_gcs, "bucket", "sd15")
-  _saved(os.path.join(root, "vae"), model)
+  torch_ref.save_pretrained(os.path.join(root, "vae"), model)
   with open(os.path.join(root, "model_index.json"), "w") as f:
     json.dump({"_class_name": "StableDiffusionPipeline", "vae": ["diffusers", "AutoencoderKL"]}, f)
   module, params = vae.load_vae("gs://bucket/sd15", remat=True)  # remat: same numbers
   assert module.remat
   x = _images(shape, seed=5)
   with torch.no_grad():
-    ref = _nhwc(model(_nchw(x)).sample)
+    ref = torch_ref.nhwc(model(torch_ref.nchw(x)).sample)
   parity.assert_rel_close("gs:// remat forward", ref, jax.jit(module.apply)({"params": params}, x), MAX_REL_ERR)
   vae.save_vae("gs://bucket/copy", module.config, params)
   assert sorted(os.listdir(os.path.join(fake_gcs, "bucket", "copy"))) == [
@@ -223,7 +202,7 @@ def shifted_vae(tmp_path_factory):
   _, cfg, _ = CASES[1]
   model = _torch_vae(cfg, seed=6)
   model.register_to_config(scaling_factor=0.5, shift_factor=0.25)
-  module, params = vae.load_vae(_saved(tmp_path_factory.mktemp("shifted"), model))
+  module, params = vae.load_vae(torch_ref.save_pretrained(tmp_path_factory.mktemp("shifted"), model))
   assert (module.config.scaling_factor, module.config.shift_factor) == (0.5, 0.25)
   return model, module, params
 
@@ -233,13 +212,13 @@ def test_scaling_applied_once_each_way(shifted_vae):
   images = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3)).astype(np.uint8)
   x = images.astype(np.float32) / 127.5 - 1
   with torch.no_grad():
-    posterior = model.encode(_nchw(x)).latent_dist
-    mean, logvar = _nhwc(posterior.mean), _nhwc(posterior.logvar)
+    posterior = model.encode(torch_ref.nchw(x)).latent_dist
+    mean, logvar = torch_ref.nhwc(posterior.mean), torch_ref.nhwc(posterior.logvar)
   latents = vae.encode_latents(module, params, images)  # uint8 in: mapped to [-1, 1]
   parity.assert_rel_close("uint8 latents = (mean - shift) * scale", (mean - 0.25) * 0.5, latents, MAX_REL_ERR)
   np.testing.assert_allclose(vae.encode_latents(module, params, x), latents, rtol=1e-5, atol=1e-6)
   with torch.no_grad():
-    ref = _nhwc(model.decode(_nchw(np.asarray(latents) / 0.5 + 0.25)).sample)
+    ref = torch_ref.nhwc(model.decode(torch_ref.nchw(np.asarray(latents) / 0.5 + 0.25)).sample)
   parity.assert_rel_close("decode_latents = decode(latents / scale + shift)", ref,
                           vae.decode_latents(module, params, latents), MAX_REL_ERR)
   # Sampling: mean + std * eps, then the same scaling.
@@ -304,7 +283,7 @@ def test_unsupported_configs_are_explained(tmp_path):
     vae.VAEConfig(act_fn="tanh")
   with pytest.raises(ValueError, match=r"diffusers' AutoencoderTiny, not AutoencoderKL"):
     vae.VAEConfig.from_dict({"_class_name": "AutoencoderTiny"})
-  path = _saved(tmp_path, _torch_vae(CASES[0][1]))
+  path = torch_ref.save_pretrained(tmp_path, _torch_vae(CASES[0][1]))
   config = json.loads((tmp_path / "config.json").read_text())
   (tmp_path / "config.json").write_text(json.dumps({**config, "up_block_types": ["AttnUpDecoderBlock2D"]}))
   with pytest.raises(ValueError, match=r"'AttnUpDecoderBlock2D'\] are not supported.*'UpDecoderBlock2D' only"):
@@ -315,7 +294,7 @@ def test_unsupported_configs_are_explained(tmp_path):
 
 
 def test_weight_mismatches_name_the_file_and_the_keys(tmp_path):
-  path = _saved(tmp_path, _torch_vae(CASES[1][1]))
+  path = torch_ref.save_pretrained(tmp_path, _torch_vae(CASES[1][1]))
   weights = os.path.join(path, "diffusion_pytorch_model.safetensors")
   sd = load_file(weights)
   save_file({**sd, "encoder.conv_in.weight": np.zeros((8, 3, 5, 5), np.float32)}, weights, metadata={"format": "pt"})
@@ -382,8 +361,8 @@ def test_bf16_compute_stays_close(shifted_vae):
   out = jax.jit(module16.apply)({"params": params16}, x)
   assert out.dtype == jnp.bfloat16
   with torch.no_grad():
-    ref = _nhwc(model(_nchw(x)).sample)
-    torch16 = _nhwc(copy.deepcopy(model).to(torch.bfloat16)(_nchw(x).to(torch.bfloat16)).sample.float())
+    ref = torch_ref.nhwc(model(torch_ref.nchw(x)).sample)
+    torch16 = torch_ref.nhwc(copy.deepcopy(model).to(torch.bfloat16)(torch_ref.nchw(x).to(torch.bfloat16)).sample.float())
   err, torch_err = parity.rel_err(ref, np.asarray(out, np.float32)), parity.rel_err(ref, torch16)
   print(f"\n  bf16 forward: max rel err {err:.2e} (diffusers in bf16: {torch_err:.2e})")
   assert err < 2 * torch_err
